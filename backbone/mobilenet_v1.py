@@ -19,6 +19,7 @@ Table 1 prints the last depthwise layer (``conv13``) as stride 2 on a 7x7 input 
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
@@ -170,7 +171,7 @@ class MobileNetV1(nn.Module):
         ]
         self.num_features = self.head_hidden_size = in_chs
         self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.num_classes = num_classes
         self.classifier: nn.Module = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
@@ -178,7 +179,9 @@ class MobileNetV1(nn.Module):
     def _init_weights(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                # He init on fan-out per group: a depthwise filter feeds 9 outputs, not 9 * channels.
+                fan_out = m.out_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -231,6 +234,8 @@ class MobileNetV1(nn.Module):
         allowed, or names such as ``"conv11"``), in the order asked. Stops after the deepest one."""
         self.check_input(x)
         wanted = self._resolve_indices(indices)
+        if not wanted:
+            raise ValueError("indices is empty: name at least one layer")
         last = max(wanted)
         maps: dict[int, Tensor] = {}
         for i, layer in enumerate(self.features):

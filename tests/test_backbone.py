@@ -23,8 +23,8 @@ PAPER_PARAMS = {
 
 
 def weight_params(model: nn.Module) -> int:
-    """Conv and FC weights + FC bias: what the paper counts (BN is folded into the conv at inference)."""
-    return sum(p.numel() for n, p in model.named_parameters() if ".bn." not in n)
+    """Conv and FC weights: what the paper counts (Table 2's shares; BN is folded into the conv at inference)."""
+    return sum(p.numel() for n, p in model.named_parameters() if ".bn." not in n and not n.endswith("bias"))
 
 
 @pytest.mark.parametrize("alpha", ALPHAS)
@@ -114,10 +114,19 @@ def test_split_shares_modules_and_composes():
     assert trunk.conv11 is model.features.conv11 and list(rest.children())[0] is model.features.conv12
 
 
+def test_depthwise_init_keeps_activation_scale():
+    torch.manual_seed(0)
+    model = mobilenet_v1(0.5).eval()
+    with torch.no_grad():
+        out = model.forward_features(torch.randn(4, 3, 128, 128))
+    assert 0.01 < out.std().item() < 10  # fan-out of a depthwise filter is 9, not 9 * channels
+
+
 def test_activations_and_dropout():
     assert isinstance(mobilenet_v1(0.25, act="relu6").features.conv0.act, nn.ReLU6)
     assert isinstance(mobilenet_v1(0.25).features.conv0.act, nn.ReLU)
     assert mobilenet_v1(0.25, dropout=0.2).dropout.p == 0.2
+    assert isinstance(mobilenet_v1(0.25).dropout, nn.Identity)
 
 
 def test_in_chans():
@@ -154,6 +163,8 @@ def test_bad_inputs_name_the_problem():
         model(torch.randn(1, 3, 16, 16))
     with pytest.raises(ValueError, match="4-D"):
         model(torch.randn(3, 64, 64))
+    with pytest.raises(ValueError, match="empty"):
+        model.forward_intermediates(torch.randn(1, 3, 64, 64), [])
     with pytest.raises(ValueError, match="conv99"):
         model.forward_intermediates(torch.randn(1, 3, 64, 64), ["conv99"])
 
