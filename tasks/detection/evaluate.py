@@ -1,0 +1,91 @@
+"""Score a detection checkpoint with COCO mAP (pycocotools) on a COCO-format split.
+
+    python -m tasks.detection.evaluate --checkpoint runs/detection/shapes_ssd/best.pt
+    python -m tasks.detection.evaluate --checkpoint best.pt --data-root coco/val2017 \
+        --ann coco/annotations/instances_val2017.json --out-dir eval_out
+
+Writes ``detections.json`` (COCO results: real category ids, xywh boxes in original pixels),
+``stats.json`` (the 12 standard numbers) and ``pr_curve.png`` into ``--out-dir``.
+Without ``--data-root/--ann`` it uses the validation split recorded in the checkpoint's config.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from datasets.coco import CocoDetection
+from eval.coco import format_stats, plot_precision_recall
+from tasks.checkpoint import load_checkpoint
+
+from .config import DetectionConfig
+from .inference import evaluate_dataset, load_detector, transforms_for
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tasks.detection.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="best.pt / last.pt of tasks.detection.train")
+    p.add_argument("--data-root", help="image folder (default: the val split of the checkpoint's config)")
+    p.add_argument("--ann", help="instances JSON")
+    p.add_argument("--out-dir", help="default: <checkpoint folder>/eval")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--skip-bad-images", action="store_true")
+    p.add_argument("--device", default=None)
+    return p
+
+
+def _val_split_from_checkpoint(path: str) -> tuple[str, str]:
+    config = load_checkpoint(path).get("config") or {}
+    cfg = DetectionConfig.from_dict(config, source=f"{path} (config)")
+    if cfg.data.dataset == "shapes":
+        from datasets.synthetic import ensure_shapes_dataset
+
+        paths = ensure_shapes_dataset(**cfg.data.shapes)
+        return paths["val_root"], paths["val_ann"]
+    if not cfg.data.val_root:
+        raise ValueError(f"{path} was trained without a val split; pass --data-root and --ann")
+    return cfg.data.val_root, cfg.data.val_ann
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    if bool(args.data_root) != bool(args.ann):
+        raise ValueError("--data-root and --ann go together")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, meta = load_detector(args.checkpoint, device)
+    root, ann = (args.data_root, args.ann) if args.data_root else _val_split_from_checkpoint(args.checkpoint)
+    dataset = CocoDetection(root, ann, transforms_for(model, False), train=False, skip_bad_images=args.skip_bad_images)
+    if args.skip_bad_images:
+        dataset.scan_images(progress=True)
+    known = set(meta["label_to_cat_id"].values())
+    unknown = sorted(set(dataset.cat_ids) - known)
+    if unknown:
+        raise ValueError(f"{ann} has category ids {unknown} that the checkpoint was not trained on ({sorted(known)})")
+
+    result, detections = evaluate_dataset(
+        model, dataset, meta["label_to_cat_id"], batch_size=args.batch_size, device=device, num_workers=args.workers
+    )
+    out = Path(args.out_dir or Path(args.checkpoint).parent / "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "detections.json").write_text(json.dumps(detections))
+    (out / "stats.json").write_text(json.dumps(result.stats, indent=2))
+    plot_precision_recall(result, out / "pr_curve.png")
+    print(f"{args.checkpoint} on {ann} ({len(dataset)} images, {len(detections)} detections):")
+    print(format_stats(result.stats))
+    print(f"wrote {out / 'detections.json'}, {out / 'stats.json'}, {out / 'pr_curve.png'}")
+    return result.stats
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

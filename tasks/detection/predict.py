@@ -1,0 +1,107 @@
+"""Run a detection checkpoint on image files and draw what it finds.
+
+    python -m tasks.detection.predict --checkpoint runs/detection/shapes_ssd/best.pt img1.jpg img2.png --out preds/
+
+Writes each image with its boxes, class names and scores drawn (``<name>.png``) and one
+``detections.json``: ``[{"image": path, "width", "height", "detections": [{"bbox": [x, y, w, h],
+"category_id", "category", "score"}]}]`` with boxes in the image's own pixels and the dataset's category ids.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.utils import draw_bounding_boxes
+from tqdm import tqdm
+
+from datasets.coco import load_rgb_image
+from datasets.transforms import rescale_boxes
+
+from .inference import load_detector, predict_batches, transforms_for
+
+__all__ = ["build_parser", "main", "predict_images"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tasks.detection.predict", description=__doc__.split("\n\n")[0])
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--score-thresh", type=float, default=0.3, help="draw and keep detections above this score")
+    p.add_argument("--device", default=None)
+    return p
+
+
+def predict_images(
+    checkpoint: str, paths: Sequence[str], *, score_thresh: float = 0.3, device: str = "cpu"
+) -> tuple[list[dict[str, Any]], list[tuple[np.ndarray, dict]]]:
+    """Detections per image (original pixels, real category ids) and the images they were made on."""
+    if not 0.0 <= score_thresh <= 1.0:
+        raise ValueError(f"--score-thresh must be in [0, 1], got {score_thresh}")
+    model, meta = load_detector(checkpoint, device)
+    transform = transforms_for(model, False)
+    names, to_cat = meta["class_names"], meta["label_to_cat_id"]
+    records, drawn = [], []
+    for path in tqdm(paths, desc="predict", disable=len(paths) < 2):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+        pil = load_rgb_image(str(path))
+        w, h = pil.size
+        image = tv_tensors.Image(torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1))
+        empty = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(h, w)),
+                 "labels": torch.zeros(0, dtype=torch.int64), "iscrowd": torch.zeros(0, dtype=torch.int64)}
+        x, _ = transform(image, empty)
+        x = x.as_subclass(torch.Tensor)
+        x = x.float().div(255.0) if not x.is_floating_point() else x.float()
+        (pred,) = predict_batches(model, [x], device)
+        keep = pred["scores"] >= score_thresh
+        boxes = rescale_boxes(pred["boxes"][keep], torch.tensor(x.shape[-2:]), torch.tensor([h, w]))
+        dets = []
+        for box, score, label in zip(boxes.tolist(), pred["scores"][keep].tolist(), pred["labels"][keep].tolist()):
+            x1, y1, x2, y2 = box
+            dets.append({"bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                         "category_id": to_cat[int(label)], "category": names[int(label)], "score": round(score, 4)})
+        records.append({"image": str(path), "width": w, "height": h, "detections": dets})
+        drawn.append((np.array(pil), {"boxes": boxes, "labels": [f"{d['category']} {d['score']:.2f}" for d in dets]}))
+    return records, drawn
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    args = build_parser().parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    records, drawn = predict_images(args.checkpoint, args.images, score_thresh=args.score_thresh, device=device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    used: set[str] = set()
+    for rec, (pixels, ann) in zip(records, drawn):
+        stem = Path(rec["image"]).stem
+        name, i = f"{stem}.png", 1
+        while name in used:  # two inputs with the same file name from different folders
+            name, i = f"{stem}_{i}.png", i + 1
+        used.add(name)
+        canvas = draw_bounding_boxes(
+            torch.from_numpy(pixels).permute(2, 0, 1), ann["boxes"], labels=ann["labels"], colors="red",
+            width=max(2, min(pixels.shape[:2]) // 150),
+        )
+        Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(out / name)
+        rec["drawn"] = str(out / name)
+    (out / "detections.json").write_text(json.dumps(records, indent=2))
+    total = sum(len(r["detections"]) for r in records)
+    print(f"{len(records)} image(s), {total} detection(s) >= {args.score_thresh}; wrote {out / 'detections.json'}")
+    return records
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
