@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from .mobilenet_v1 import MobileNetV1, mobilenet_v1
+from .mobilenet_v1 import MobileNetV1, mobilenet_v1, resolve_feature_indices
 
 __all__ = ["create_backbone", "TimmBackbone", "select_features"]
 
@@ -53,27 +53,8 @@ class TimmBackbone(nn.Module):
     def num_classes(self) -> int:
         return self.model.num_classes
 
-    def _resolve_indices(self, indices: int | str | Sequence[int | str] | None) -> list[int]:
-        n = len(self.feature_info)
-        if indices is None:
-            return list(range(n))
-        if isinstance(indices, (int, str)):
-            indices = [indices]
-        names = [f["name"] for f in self.feature_info]
-        out = []
-        for idx in indices:
-            if isinstance(idx, str):
-                if idx not in names:
-                    raise ValueError(f"unknown stage {idx!r}; this backbone has {names}")
-                out.append(names.index(idx))
-            elif -n <= idx < n:
-                out.append(idx % n)
-            else:
-                raise ValueError(f"feature index {idx} out of range for {n} stages")
-        return out
-
     def forward_intermediates(self, x: Tensor, indices: int | str | Sequence[int | str] | None = None) -> list[Tensor]:
-        wanted = self._resolve_indices(indices)
+        wanted = resolve_feature_indices(self.feature_info, indices)
         order = sorted(set(wanted))
         maps = self.model.forward_intermediates(x, indices=order, intermediates_only=True, stop_early=True)
         by_index = dict(zip(order, maps))

@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TABLE1", "MobileNetV1", "mobilenet_v1", "round_channels", "MIN_INPUT_SIZE"]
+__all__ = ["TABLE1", "MobileNetV1", "mobilenet_v1", "round_channels", "resolve_feature_indices", "MIN_INPUT_SIZE"]
 
 # Table 1 as data: the stem is a full 3x3 conv (stride 2, 32 channels); each following row is one
 # depthwise-separable layer (stride of the depthwise conv, output channels of the pointwise conv).
@@ -111,6 +111,29 @@ def layer_specs(alpha: float, shallow: bool) -> list[LayerSpec]:
             continue
         specs.append(LayerSpec(name, stride, round_channels(alpha * chs), reduction))
     return specs
+
+
+def resolve_feature_indices(
+    feature_info: Sequence[dict], indices: int | str | Sequence[int | str] | None
+) -> list[int]:
+    """Positions in ``feature_info`` for ``indices``: ints (negative allowed) or layer names; None: all."""
+    n = len(feature_info)
+    if indices is None:
+        return list(range(n))
+    if isinstance(indices, (int, str)):
+        indices = [indices]
+    names = [f["name"] for f in feature_info]
+    out = []
+    for idx in indices:
+        if isinstance(idx, str):
+            if idx not in names:
+                raise ValueError(f"unknown layer {idx!r}; this backbone has {names}")
+            out.append(names.index(idx))
+        elif -n <= idx < n:
+            out.append(idx % n)
+        else:
+            raise ValueError(f"feature index {idx} out of range for {n} layers")
+    return out
 
 
 class MobileNetV1(nn.Module):
@@ -208,32 +231,13 @@ class MobileNetV1(nn.Module):
                 f"{MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}"
             )
 
-    def _resolve_indices(self, indices: int | str | Sequence[int | str] | None) -> list[int]:
-        n = len(self.feature_info)
-        if indices is None:
-            return list(range(n))
-        if isinstance(indices, (int, str)):
-            indices = [indices]
-        names = [f["name"] for f in self.feature_info]
-        out = []
-        for idx in indices:
-            if isinstance(idx, str):
-                if idx not in names:
-                    raise ValueError(f"unknown layer {idx!r}; this model has {names}")
-                out.append(names.index(idx))
-            else:
-                if not -n <= idx < n:
-                    raise ValueError(f"feature index {idx} out of range for {n} layers")
-                out.append(idx % n)
-        return out
-
     def forward_intermediates(
         self, x: Tensor, indices: int | str | Sequence[int | str] | None = None
     ) -> list[Tensor]:
         """Return the maps of the layers named by ``indices`` (positions in ``feature_info``, negative
         allowed, or names such as ``"conv11"``), in the order asked. Stops after the deepest one."""
         self.check_input(x)
-        wanted = self._resolve_indices(indices)
+        wanted = resolve_feature_indices(self.feature_info, indices)
         if not wanted:
             raise ValueError("indices is empty: name at least one layer")
         last = max(wanted)

@@ -62,6 +62,33 @@ def trained(shapes, tmp_path_factory):
     return out / "out", summary
 
 
+@pytest.fixture(scope="module")
+def easy_shapes(tmp_path_factory):
+    """One object per 64 px image: small enough for a from-scratch SSD to learn in about a minute."""
+    root = tmp_path_factory.mktemp("easy")
+    train = write_shapes_dataset(root / "train", num_images=600, image_size=64, seed=10, split_name="train", max_objects=1)
+    val = write_shapes_dataset(root / "val", num_images=60, image_size=64, seed=11, split_name="val", max_objects=1)
+    return {"train": train, "val": val}
+
+
+def test_training_learns_well_above_chance(easy_shapes, tmp_path):
+    cfg = _write_config(
+        tmp_path / "cfg.yaml",
+        model={"alpha": 0.5, "size": 64, "options": {"min_scale": 0.15, "max_scale": 0.75,
+               "reduce_boxes_in_lowest_layer": False, "aspect_ratios": [2.0, 0.5]}},
+        data={"iou_crop_prob": 0.0, "photometric_prob": 0.0},
+        batch_size=32,
+        train={"epochs": 15, "lr": 0.004, "warmup_iters": 20, "eval_every": 3, "grad_clip": 10.0},
+    )
+    summary = det_train.main(["--config", str(cfg), *_data_args(easy_shapes), "--output-dir", str(tmp_path / "o"), "--device", "cpu"])
+    lines = [json.loads(l) for l in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["train"]["loss"] < 0.6 * lines[0]["train"]["loss"]
+    # AP50 on the held-out val images through the real eval path. The untrained model scores ~0.001-0.003
+    # (measured: 0.0026 after 3 of these epochs); 15 epochs reached 0.087 when this test was written.
+    assert summary["stats"]["AP50"] > 0.04, summary["stats"]
+    assert summary["stats"]["AP50"] > 5 * lines[0]["eval"]["AP50"]  # vs the same model after 3 epochs
+
+
 def test_training_writes_its_outputs(trained):
     out, summary = trained
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
