@@ -11,6 +11,13 @@ AP@[.50:.95] on it. Without a val split the metric is the training loss, and the
 """
 from __future__ import annotations
 
+import os
+
+# OpenMP threads that spin while waiting steal the cores the data-loader workers need; on a 2-core CPU
+# shared with another job, passive waiting made a step ~5x faster (measured: 4.0 s -> 0.8 s per batch of 32). It must be
+# set before torch starts OpenMP, so here, ahead of the imports; an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 import sys
