@@ -329,7 +329,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 # Bump when the writer (or the way it uses the renderer) changes, so stale caches are rebuilt.
 SYNTH_VERSION = 1
-SYNTH_MARKER = ".complete"
 # Attributes that belong to the person (drawn once per identity); the others (smile, glasses, hat,
 # earrings) change from photo to photo like pose and light do.
 _PERSISTENT_ATTRIBUTES = ("beard", "mustache", "bangs", "rosy_cheeks")
@@ -481,7 +480,8 @@ def ensure_synthetic_faces(cache_dir: str | None = None, *, progress: bool = Fal
     """
     import hashlib
 
-    from datasets.faces_synth import GENERATOR_VERSION, default_cache_dir
+    from datasets.cache import MARKER, default_cache_dir, is_complete
+    from datasets.faces_synth import GENERATOR_VERSION
 
     p = _synth_params(params)
     marker = {"version": SYNTH_VERSION, "renderer": GENERATOR_VERSION, **p}
@@ -490,10 +490,7 @@ def ensure_synthetic_faces(cache_dir: str | None = None, *, progress: bool = Fal
     final = cache / f"faces-ids-v{SYNTH_VERSION}-s{p['image_size']}-{key}"
 
     def complete(d: Path) -> bool:
-        try:
-            return json.loads((d / SYNTH_MARKER).read_text()) == marker
-        except (OSError, ValueError):
-            return False
+        return is_complete(d, marker)
 
     def paths(d: Path) -> dict[str, str]:
         return {"root": str(d), "train": str(d / "train"), "test": str(d / "test"), "probe": str(d / "probe"),
@@ -505,7 +502,7 @@ def ensure_synthetic_faces(cache_dir: str | None = None, *, progress: bool = Fal
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=cache))
     try:
         write_synthetic_faces(tmp, progress=progress, **p)
-        (tmp / SYNTH_MARKER).write_text(json.dumps(marker))  # last: its presence means complete
+        (tmp / MARKER).write_text(json.dumps(marker))  # last: its presence means complete
         if final.is_dir() and not complete(final):
             shutil.rmtree(final)
         try:

@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .cache import CACHE_ENV, MARKER, default_cache_dir, is_complete
+
 __all__ = [
     "ATTRIBUTE_NAMES",
     "ATTRIBUTE_PRIORS",
@@ -62,8 +64,6 @@ __all__ = [
 
 # Bump when the drawing changes, so cached sets from an older renderer are not reused.
 GENERATOR_VERSION = 3
-CACHE_ENV = "MOBILENET_SUITE_CACHE"
-MARKER = ".complete"
 
 ATTRIBUTE_NAMES: tuple[str, ...] = (
     "Eyeglasses",
@@ -580,10 +580,6 @@ def render_face(params: FaceParams, size: int, rng: np.random.Generator) -> Imag
 # attribute data set on disk
 
 
-def default_cache_dir() -> str:
-    """``$MOBILENET_SUITE_CACHE`` if set, else ``~/.cache/mobilenet_suite``."""
-    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "mobilenet_suite")
-
 
 def write_face_attribute_split(
     root: str,
@@ -661,13 +657,6 @@ def _split_paths(root: str) -> dict[str, str]:
     }
 
 
-def _is_complete(root: str, params: dict[str, Any]) -> bool:
-    try:
-        with open(os.path.join(root, MARKER)) as f:
-            return json.load(f) == params
-    except (OSError, ValueError):
-        return False
-
 
 def ensure_face_attributes(
     cache_dir: str | None = None,
@@ -704,7 +693,7 @@ def ensure_face_attributes(
     tag = "" if nuisance_strength == 1.0 else f"-nu{nuisance_strength:g}"
     final = os.path.join(cache, f"faces-attr-v{GENERATOR_VERSION}-s{image_size}-n{num_labeled}-{num_unlabeled}-"
                                 f"{num_val}-seed{seed}{tag}")
-    if _is_complete(final, params):
+    if is_complete(final, params):
         return _split_paths(final)
     os.makedirs(cache, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=cache)
@@ -721,12 +710,12 @@ def ensure_face_attributes(
                                    progress=progress, desc="faces: val")
         with open(os.path.join(tmp, MARKER), "w") as f:  # last: its presence means complete
             json.dump(params, f)
-        if os.path.isdir(final) and not _is_complete(final, params):
+        if os.path.isdir(final) and not is_complete(final, params):
             shutil.rmtree(final)  # an interrupted or stale copy
         try:
             os.rename(tmp, final)
         except OSError:
-            if not _is_complete(final, params):  # another process finished first: use theirs
+            if not is_complete(final, params):  # another process finished first: use theirs
                 raise
     finally:
         if os.path.isdir(tmp):

@@ -31,6 +31,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from .cache import CACHE_ENV, MARKER, default_cache_dir, is_complete
+
 __all__ = [
     "CATEGORIES",
     "DEFAULT_IMAGE_SIZE",
@@ -69,8 +71,6 @@ MIN_VISIBLE = 0.6
 MIN_CONTRAST = 90.0
 PLACEMENT_TRIES = 30
 
-MARKER = ".complete"
-CACHE_ENV = "MOBILENET_SUITE_CACHE"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,10 +348,6 @@ def write_shapes_dataset(
     return image_dir, ann_path
 
 
-def default_cache_dir() -> str:
-    """``$MOBILENET_SUITE_CACHE`` if set, else ``~/.cache/mobilenet_suite``."""
-    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "mobilenet_suite")
-
 
 def _paths(root: str) -> dict[str, str]:
     return {
@@ -362,13 +358,6 @@ def _paths(root: str) -> dict[str, str]:
         "val_ann": os.path.join(root, "annotations", "instances_val.json"),
     }
 
-
-def _is_complete(root: str, params: dict[str, Any]) -> bool:
-    try:
-        with open(os.path.join(root, MARKER)) as f:
-            return json.load(f) == params
-    except (OSError, ValueError):
-        return False
 
 
 def _build(final: str, params: dict[str, Any], progress: bool, replace: bool = False) -> None:
@@ -385,12 +374,12 @@ def _build(final: str, params: dict[str, Any], progress: bool, replace: bool = F
                              seed=2 * params["seed"] + 1, split_name="val", max_objects=params["max_objects"],
                              progress=progress)
         _atomic_write_json(params, os.path.join(tmp, MARKER))  # last: its presence means complete
-        if os.path.isdir(final) and (replace or not _is_complete(final, params)):
+        if os.path.isdir(final) and (replace or not is_complete(final, params)):
             shutil.rmtree(final)  # a stale, interrupted or to-be-replaced copy
         try:
             os.rename(tmp, final)
         except OSError:
-            if not _is_complete(final, params):  # someone else finished first: use theirs
+            if not is_complete(final, params):  # someone else finished first: use theirs
                 raise
     finally:
         if os.path.isdir(tmp):
@@ -424,7 +413,7 @@ def ensure_shapes_dataset(
     cache = cache_dir or default_cache_dir()
     name = f"shapes-v{GENERATOR_VERSION}-s{image_size}-n{num_train}-{num_val}-o{max_objects}-seed{seed}"
     final = os.path.join(cache, name)
-    if not _is_complete(final, params):
+    if not is_complete(final, params):
         _build(final, params, progress)
     return _paths(final)
 
@@ -476,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, MARKER)):
             parser.error(f"{out} exists and is not a shapes dataset written by this tool; "
                          "choose another --out or remove it")
-        if args.force or not _is_complete(out, params):
+        if args.force or not is_complete(out, params):
             if os.path.isdir(out) and not os.listdir(out):
                 os.rmdir(out)
             _build(out, params, progress=True, replace=args.force)

@@ -19,9 +19,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from tasks.engine import EngineConfig
+from tasks.yaml_config import read_yaml_mapping
 
 __all__ = ["ModelConfig", "DataConfig", "DetectionConfig", "CONFIG_DIR", "DEFAULT_CONFIG", "load_config"]
 
@@ -120,12 +119,4 @@ class DetectionConfig:
 def load_config(path: str | os.PathLike | None) -> DetectionConfig:
     """Read a YAML config (None: the built-in default); errors name the file."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
-    if data is not None and not isinstance(data, Mapping):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return DetectionConfig.from_dict(data or {}, source=str(path))
+    return DetectionConfig.from_dict(read_yaml_mapping(path), source=str(path))

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
+from tasks.yaml_config import read_yaml_mapping
 
 from tasks.engine import EngineConfig
 from tasks.faces.losses import LOSSES
@@ -163,12 +163,5 @@ class FacesConfig:
 def load_config(path: str | os.PathLike | None) -> FacesConfig:
     """Read a YAML config (None: the built-in synthetic default); errors name the file."""
     p = Path(path) if path is not None else DEFAULT_CONFIG
-    if not p.is_file():
-        raise FileNotFoundError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{p}: not valid YAML: {e}") from e
-    if data is not None and not isinstance(data, Mapping):
-        raise ValueError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
-    return FacesConfig.from_dict(data or {}, source=str(p))
+    return FacesConfig.from_dict(read_yaml_mapping(p), source=str(p))
+

@@ -1,0 +1,24 @@
+"""Reading an experiment YAML: the one place that turns a file into a mapping, with errors naming the file."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+__all__ = ["read_yaml_mapping"]
+
+
+def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
+    """The top-level mapping of a YAML file (an empty file gives ``{}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    if data is not None and not isinstance(data, Mapping):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return dict(data or {})
