@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-__all__ = ["read_yaml_mapping"]
+__all__ = ["read_yaml_mapping", "dataclass_from_mapping"]
 
 
 def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
@@ -22,3 +23,15 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     if data is not None and not isinstance(data, Mapping):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return dict(data or {})
+
+
+def dataclass_from_mapping(cls: type, data: Mapping[str, Any] | None, where: str) -> Any:
+    """Build config dataclass ``cls`` from one YAML section; unknown keys raise ``ValueError`` naming ``where``."""
+    if data is not None and not isinstance(data, Mapping):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    data = dict(data or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    return cls(**data)

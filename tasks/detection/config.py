@@ -15,26 +15,18 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from tasks.engine import EngineConfig
-from tasks.yaml_config import read_yaml_mapping
+from tasks.yaml_config import dataclass_from_mapping, read_yaml_mapping
 
 __all__ = ["ModelConfig", "DataConfig", "DetectionConfig", "CONFIG_DIR", "DEFAULT_CONFIG", "load_config"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "detection"
 DEFAULT_CONFIG = CONFIG_DIR / "shapes_ssd.yaml"
 
-
-def _from_mapping(cls: type, data: Mapping[str, Any] | None, where: str):
-    data = dict(data or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-    return cls(**data)
 
 
 @dataclass
@@ -84,8 +76,8 @@ class DetectionConfig:
         if unknown:
             raise ValueError(f"{source}: unknown section(s) {unknown}; known: {sorted(known)}")
         cfg = cls(
-            model=_from_mapping(ModelConfig, d.get("model"), f"{source}: model"),
-            data=_from_mapping(DataConfig, d.get("data"), f"{source}: data"),
+            model=dataclass_from_mapping(ModelConfig, d.get("model"), f"{source}: model"),
+            data=dataclass_from_mapping(DataConfig, d.get("data"), f"{source}: data"),
             train=EngineConfig.from_dict(d.get("train") or {}, source=f"{source}: train"),
             batch_size=int(d.get("batch_size", 16)),
             eval_batch_size=int(d.get("eval_batch_size", d.get("batch_size", 16))),

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from tasks.yaml_config import read_yaml_mapping
+from tasks.yaml_config import dataclass_from_mapping, read_yaml_mapping
 
 from tasks.engine import EngineConfig
 from tasks.faces.losses import LOSSES
@@ -34,16 +34,6 @@ __all__ = ["CONFIG_DIR", "DEFAULT_CONFIG", "DataConfig", "FacesConfig", "LossCon
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "faces"
 DEFAULT_CONFIG = CONFIG_DIR / "synthetic.yaml"
 
-
-def _from_mapping(cls: type, data: Mapping[str, Any] | None, where: str) -> Any:
-    if data is not None and not isinstance(data, Mapping):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    data = dict(data or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-    return cls(**data)
 
 
 @dataclass
@@ -105,9 +95,9 @@ class FacesConfig:
             raise ValueError(f"{source}: unknown section(s) {unknown}; known: {sorted(known)}")
         cfg = cls(
             model=FaceModelConfig.from_dict(d.get("model") or {}, source=f"{source}: model"),
-            data=_from_mapping(DataConfig, d.get("data"), f"{source}: data"),
-            loss=_from_mapping(LossConfig, d.get("loss"), f"{source}: loss"),
-            sampler=_from_mapping(SamplerConfig, d.get("sampler"), f"{source}: sampler"),
+            data=dataclass_from_mapping(DataConfig, d.get("data"), f"{source}: data"),
+            loss=dataclass_from_mapping(LossConfig, d.get("loss"), f"{source}: loss"),
+            sampler=dataclass_from_mapping(SamplerConfig, d.get("sampler"), f"{source}: sampler"),
             train=EngineConfig.from_dict(d.get("train") or {}, source=f"{source}: train"),
         )
         cfg.validate(source, complete=False)
