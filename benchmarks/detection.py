@@ -22,8 +22,8 @@ torchvision's ``ssdlite320_mobilenet_v3_large``.
    The number the issue asks about is the overhead share ``(full step - backbone fwd+bwd) / full step``:
    everything a step costs on top of the backbone's own forward and backward. It must stay under 30 % for
    SSD 300 (alpha 1, 300 px, batch 8, COCO's 81 classes, 1-10 boxes per image). The embedded default
-   experiment (``configs/detection/shapes_ssd.yaml``: its alpha, size, batch size, 5 shapes + background,
-   up to its objects per image) is reported beside it for information.
+   experiment (``configs/detection/shapes_ssd.yaml``: its alpha, size, batch size, anchor options, 5 shapes +
+   background, up to its objects per image) is reported beside it for information.
 
 2. Inference latency, eval mode, random images, at batch 1 and 8: our SSD 300 and SSDLite 300 (MobileNet v1,
    alpha 1, 91 classes) against ``ssdlite320_mobilenet_v3_large(weights=None, num_classes=91)``, all fed the
@@ -83,6 +83,7 @@ class TrainSetting:
     batch: int
     num_classes: int  # including background
     max_boxes: int  # each image gets 1..max_boxes ground-truth boxes
+    options: tuple[tuple[str, object], ...] = ()  # build_detector overrides (anchors, heads), as pairs
 
 
 def synthetic_setting() -> TrainSetting:
@@ -96,7 +97,8 @@ def synthetic_setting() -> TrainSetting:
         raise ValueError(f"{DEFAULT_CONFIG}: expected an SSD arch for this benchmark, got {cfg.model.arch!r}")
     size = cfg.model.size or 300
     return TrainSetting(f"synthetic default ({DEFAULT_CONFIG.name})", cfg.model.alpha, size, cfg.batch_size,
-                        len(CATEGORIES) + 1, int(cfg.data.shapes.get("max_objects", DEFAULT_MAX_OBJECTS)))
+                        len(CATEGORIES) + 1, int(cfg.data.shapes.get("max_objects", DEFAULT_MAX_OBJECTS)),
+                        tuple(sorted(cfg.model.options.items())))
 
 
 TRAIN_SETTINGS: dict[str, Callable[[], TrainSetting]] = {
@@ -272,7 +274,7 @@ class TrainSplit:
 
 def time_training(setting: TrainSetting, *, min_rounds: int, max_rounds: int, deadline: float) -> TrainSplit:
     torch.manual_seed(0)
-    model = build_detector("ssd300", setting.num_classes, alpha=setting.alpha, size=setting.size)
+    model = build_detector("ssd300", setting.num_classes, alpha=setting.alpha, size=setting.size, **dict(setting.options))
     prof = profile_detector(model, (setting.size, setting.size))
     heads = sum(ma for name, (ma, _) in prof.parts.items() if name in ("extra layers", "box + class heads"))
     images, targets = make_batch(setting.batch, setting.size, setting.num_classes, seed=0, max_boxes=setting.max_boxes)

@@ -2,9 +2,10 @@
 
 SSD learns only from the anchors matched to a ground-truth box (IoU >= the matcher's threshold, 0.5; each
 box also keeps its single best anchor, whatever its IoU). The anchor grid follows the feature maps, so
-the input size decides how many anchors a box of a given size can match: on the built-in shapes set
-(boxes 13-54% of the image side) 42% of the boxes match no anchor at 128 px and 3% at 256 px, with
-1.2 vs 5.5 matches per box. Too few matches is what makes a detector learn slowly and localise badly.
+the input size decides how many anchors a box of a given size can match. On the built-in shapes set
+(boxes 13-54% of the image side), at 128 px with TF's anchors 42% of the boxes match no anchor (1.2
+matches per box); at 256 px with the default config's anchors none do (5.5 per box). Too few matches is
+what makes a detector learn slowly and localise badly.
 
     python -m tasks.detection.coverage                          # default config, shapes train split
     python -m tasks.detection.coverage --sizes 128 192 256 300  # compare input sizes
