@@ -233,6 +233,42 @@ def test_model_transform_does_not_resize_again():
     assert build_detector("faster_rcnn600", 4, alpha=0.25).input_spec["max_size"] == 1000
 
 
+
+def test_skipping_the_same_size_resize_changes_nothing():
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    torch.manual_seed(0)
+    ssd = small("ssd300")
+    t = ssd.transform
+    reference = GeneralizedRCNNTransform(t.min_size[0], t.max_size, t.image_mean, t.image_std, size_divisible=1,
+                                         fixed_size=t.fixed_size)
+    size = t.fixed_size[0]
+    images = [torch.rand(3, size, size) for _ in range(2)]
+    assert t.resize(images[0])[0] is images[0]  # no interpolation at all
+    targets = [{"boxes": torch.tensor([[5.0, 6.0, 60.0, 70.0]]), "labels": torch.tensor([1])} for _ in range(2)]
+    outputs = {}
+    state = {k: v.clone() for k, v in ssd.state_dict().items()}  # training updates the BN statistics
+    for name, transform in (("ours", t), ("torchvision", reference)):
+        ssd.load_state_dict(state)
+        ssd.transform = transform
+        ssd.eval()
+        with torch.no_grad():
+            dets = ssd(images)
+        ssd.train()
+        torch.manual_seed(1)
+        losses = ssd(images, [dict(x) for x in targets])
+        outputs[name] = (dets, {k: v.item() for k, v in losses.items()})
+    ssd.transform = t
+    (ours, ours_loss), (ref, ref_loss) = outputs["ours"], outputs["torchvision"]
+    assert ours_loss == ref_loss
+    for a, b in zip(ours, ref):
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(a[key], b[key])
+    # another size is still resized (and the boxes follow)
+    resized, tgt = t([torch.rand(3, size + 20, size - 10)], [dict(targets[0])])
+    assert resized.tensors.shape[-2:] == (size, size) and not torch.equal(tgt[0]["boxes"], targets[0]["boxes"])
+
+
 # ----------------------------------------------------------------------------------------------- anchors
 
 

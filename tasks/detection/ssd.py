@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.ssd import SSD, SSDScoringHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from .anchors import TFSSDAnchorGenerator
 from .common import SplitBackbone, check_images, check_targets
 
-__all__ = ["MobileNetSSD", "SSDFeatures", "SSDHead", "extra_depths_for", "EXTRA_DEPTHS", "MIN_DEPTH"]
+__all__ = ["MobileNetSSD", "SquareInputTransform", "SSDFeatures", "SSDHead", "extra_depths_for", "EXTRA_DEPTHS", "MIN_DEPTH"]
 
 EXTRA_DEPTHS: tuple[int, ...] = (512, 256, 256, 128)
 MIN_DEPTH = 16
@@ -111,6 +112,20 @@ class SSDHead(nn.Module):
         return {"bbox_regression": self.regression_head(x), "cls_logits": self.classification_head(x)}
 
 
+class SquareInputTransform(GeneralizedRCNNTransform):
+    """torchvision's SSD transform, minus the resize of an image that already has the fixed input size.
+
+    torchvision always interpolates to ``fixed_size``; bilinear resampling to the same size is the identity,
+    so skipping it changes no value. Our dataset pipeline already resizes to the model's size, and the
+    redundant resize was 5.7% of a training step of the default 0.25 MobileNet SSD (docs/benchmarks.md).
+    """
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
+        if self.fixed_size is not None and tuple(image.shape[-2:]) == (self.fixed_size[1], self.fixed_size[0]):
+            return image, target
+        return super().resize(image, target)
+
+
 class MobileNetSSD(SSD):
     """torchvision ``SSD`` with input checks that raise ``ValueError``, TF's anchors and a hard negative
     miner that can keep ``min_negatives_per_image`` negatives in images without objects (TF's option;
@@ -132,6 +147,9 @@ class MobileNetSSD(SSD):
         head = SSDHead(features.out_channels, anchor_generator.num_anchors_per_location(), num_classes, head_kind)
         super().__init__(
             features, anchor_generator, (size, size), num_classes, image_mean, image_std, head=head, **kwargs
+        )
+        self.transform = SquareInputTransform(
+            size, size, image_mean, image_std, size_divisible=1, fixed_size=(size, size)
         )
         self.num_classes = num_classes
         self.min_negatives_per_image = min_negatives_per_image
