@@ -118,6 +118,8 @@ class SquareInputTransform(GeneralizedRCNNTransform):
     torchvision always interpolates to ``fixed_size``; bilinear resampling to the same size is the identity,
     so skipping it changes no value. Our dataset pipeline already resizes to the model's size, and the
     redundant resize was 5.7% of a training step of the default 0.25 MobileNet SSD (docs/benchmarks.md).
+    In training, torchvision's resize also draws one number from the global RNG (to pick among its min
+    sizes, of which SSD has one); skipping it shifts later random draws, not their distribution.
     """
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
