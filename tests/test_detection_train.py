@@ -72,21 +72,23 @@ def easy_shapes(tmp_path_factory):
 
 
 def test_training_learns_well_above_chance(easy_shapes, tmp_path):
+    # The 64 px images are fed at 192 px: at 64 px 71% of these boxes match no anchor at IoU 0.5, at 192 px
+    # 1.5% (python -m tasks.detection.coverage), and matched anchors are what SSD learns from.
     cfg = _write_config(
         tmp_path / "cfg.yaml",
-        model={"alpha": 0.5, "size": 64, "options": {"min_scale": 0.15, "max_scale": 0.75,
-               "reduce_boxes_in_lowest_layer": False, "aspect_ratios": [2.0, 0.5]}},
+        model={"alpha": 0.25, "size": 192, "options": {"min_scale": 0.15, "reduce_boxes_in_lowest_layer": False,
+                                                       "aspect_ratios": [1.0, 2.0, 0.5]}},
         data={"iou_crop_prob": 0.0, "photometric_prob": 0.0},
-        batch_size=32,
-        train={"epochs": 15, "lr": 0.004, "warmup_iters": 20, "eval_every": 3, "grad_clip": 10.0},
+        batch_size=16,
+        train={"epochs": 6, "lr": 0.008, "warmup_iters": 30, "eval_every": 2, "grad_clip": 10.0},
     )
     summary = det_train.main(["--config", str(cfg), *_data_args(easy_shapes), "--output-dir", str(tmp_path / "o"), "--device", "cpu"])
     lines = [json.loads(l) for l in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
-    assert lines[-1]["train"]["loss"] < 0.6 * lines[0]["train"]["loss"]
-    # AP50 on the held-out val images through the real eval path. The untrained model scores ~0.001-0.003
-    # (measured: 0.0026 after 3 of these epochs); 15 epochs reached 0.087 when this test was written.
-    assert summary["stats"]["AP50"] > 0.04, summary["stats"]
-    assert summary["stats"]["AP50"] > 5 * lines[0]["eval"]["AP50"]  # vs the same model after 3 epochs
+    assert lines[-1]["train"]["loss"] < 0.75 * lines[0]["train"]["loss"]
+    # AP50 on the held-out val images through the real eval path. When this test was written: 0.017 after
+    # 2 of these epochs, 0.271 after 6 (the previous 64 px setup reached 0.087 in 15 epochs).
+    assert summary["stats"]["AP50"] > 0.15, summary["stats"]
+    assert summary["stats"]["AP50"] > 5 * lines[0]["eval"]["AP50"]  # vs the same model after 2 epochs
 
 
 def test_training_writes_its_outputs(trained):
