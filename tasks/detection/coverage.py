@@ -18,7 +18,6 @@ anchors in coordinates relative to its image's width and height.
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,6 +25,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
+
+from tasks.cli import run_cli
 
 __all__ = ["AnchorCoverage", "anchor_coverage", "relative_boxes", "main"]
 
@@ -152,8 +153,4 @@ def main(argv: Sequence[str] | None = None) -> list[AnchorCoverage]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

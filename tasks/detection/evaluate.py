@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,6 +20,7 @@ import torch
 from datasets.coco import CocoDetection
 from eval.coco import format_stats, plot_precision_recall
 from tasks.checkpoint import load_checkpoint
+from tasks.cli import run_cli
 
 from .config import DetectionConfig
 from .inference import evaluate_dataset, load_detector, transforms_for
@@ -84,8 +84,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

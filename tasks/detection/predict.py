@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,6 +21,7 @@ from tqdm import tqdm
 
 from datasets.coco import load_rgb_image
 from datasets.transforms import rescale_boxes
+from tasks.cli import run_cli
 
 from .inference import load_detector, predict_batches, transforms_for
 
@@ -100,8 +100,4 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

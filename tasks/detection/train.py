@@ -20,7 +20,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,8 +28,9 @@ import torch
 from datasets.coco import CocoDetection, collate_detection
 from datasets.synthetic import ensure_shapes_dataset
 from eval.coco import format_stats, plot_precision_recall
+from tasks.cli import run_cli
 from tasks.distributed import barrier, init_distributed
-from tasks.engine import NonFiniteLossError, fit, seed_everything
+from tasks.engine import fit, seed_everything
 
 from .build import build_detector
 from .config import DetectionConfig, load_config
@@ -227,8 +227,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, NonFiniteLossError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,9 +32,10 @@ from tqdm import tqdm
 
 from datasets.faces import IdentityFolder, PairList, read_pairs
 from eval.verification import plot_roc
+from tasks.cli import run_cli
 from tasks.checkpoint import atomic_write_text
 from tasks.distributed import barrier, init_distributed
-from tasks.engine import NonFiniteLossError, fit, seed_everything
+from tasks.engine import fit, seed_everything
 from tasks.faces.config import FacesConfig, load_config
 from tasks.faces.data import PKBatches, TrainAugment, collate_single
 from tasks.faces.evaluate import evaluate_pairs
@@ -327,8 +327,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, NonFiniteLossError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

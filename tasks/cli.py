@@ -1,0 +1,28 @@
+"""The ending every command-line entry point shares: a user error is one line on stderr, not a traceback.
+
+    if __name__ == "__main__":
+        run_cli(main)
+
+A missing file, a bad value in a file or flag (``ValueError``, which the loaders raise naming the file and
+field) and a non-finite loss (``NonFiniteLossError``, naming the epoch and step) print ``error: <message>``
+and exit with status 2, as argparse does for bad flags. Anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+from tasks.engine import NonFiniteLossError
+
+__all__ = ["USER_ERRORS", "run_cli"]
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NonFiniteLossError)
+
+
+def run_cli(main: Callable[[], Any]) -> None:
+    """Call ``main()``; on a user error print ``error: ...`` to stderr and exit with status 2."""
+    try:
+        main()
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
