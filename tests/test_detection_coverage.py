@@ -1,24 +1,15 @@
 """Anchor coverage: boxes vs an SSD's real anchor grid, and the CLI on a COCO-format file."""
 import pytest
 import torch
-from torchvision.models.detection.image_list import ImageList
 
 from datasets.synthetic import write_shapes_dataset
 from tasks.detection import coverage
 from tasks.detection.build import build_detector
 
 
-def _anchors(model, size):
-    x = torch.zeros(1, 3, size, size)
-    model.eval()
-    with torch.no_grad():
-        feats = list(model.backbone(x).values())
-        return model.anchor_generator(ImageList(x, [(size, size)]), feats)[0] / size
-
-
 def test_the_anchors_themselves_are_fully_covered():
     model = build_detector("ssd300", 3, alpha=0.25, size=96)
-    anchors = _anchors(model, 96)
+    anchors = coverage.ssd_anchors(model)
     boxes = anchors[torch.randperm(len(anchors), generator=torch.Generator().manual_seed(0))[:50]]
     cov = coverage.anchor_coverage(model, boxes)
     assert cov.num_anchors == len(anchors) and cov.num_boxes == 50

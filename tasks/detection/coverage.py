@@ -26,9 +26,14 @@ from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
 
+from datasets.coco import CocoDetection
 from tasks.cli import run_cli
 
-__all__ = ["AnchorCoverage", "anchor_coverage", "relative_boxes", "main"]
+from .build import build_detector
+from .config import load_config
+from .train import build_datasets
+
+__all__ = ["AnchorCoverage", "anchor_coverage", "ssd_anchors", "relative_boxes", "main"]
 
 
 @dataclass
@@ -54,7 +59,7 @@ class AnchorCoverage:
 HEADER = f"{'size':>5} {'anchors':>8} {'matches':>9} {'unmatched':>10} {'IoU median':>10} {'IoU p10':>9}"
 
 
-def relative_boxes(dataset) -> Tensor:
+def relative_boxes(dataset: CocoDetection) -> Tensor:
     """The non-crowd boxes of a ``CocoDetection`` as XYXY fractions of their image's width and height."""
     coco = dataset.coco
     out = []
@@ -65,6 +70,20 @@ def relative_boxes(dataset) -> Tensor:
         x, y, w, h = ann["bbox"]
         out.append([x / img["width"], y / img["height"], (x + w) / img["width"], (y + h) / img["height"]])
     return torch.tensor(out, dtype=torch.float32).reshape(-1, 4)
+
+
+@torch.no_grad()
+def ssd_anchors(model: nn.Module) -> Tensor:
+    """An SSD's anchors (XYXY, [A, 4], CPU) as fractions of its square input, from its real feature maps."""
+    size = int(model.input_spec["size"])
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.zeros(1, 3, size, size, device=next(model.parameters()).device)
+        feats = list(model.backbone(x).values())
+        return model.anchor_generator(ImageList(x, [(size, size)]), feats)[0].cpu() / size
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -83,14 +102,7 @@ def anchor_coverage(model: nn.Module, boxes: Tensor) -> AnchorCoverage:
     if len(boxes) == 0:
         raise ValueError("no boxes to match: the annotation file has no non-crowd box")
     size = int(spec["size"])
-    was_training = model.training
-    model.eval()
-    try:
-        x = torch.zeros(1, 3, size, size, device=next(model.parameters()).device)
-        feats = list(model.backbone(x).values())
-        anchors = model.anchor_generator(ImageList(x, [(size, size)]), feats)[0].cpu() / size
-    finally:
-        model.train(was_training)
+    anchors = ssd_anchors(model)
     thresh = float(model.proposal_matcher.high_threshold)
     iou = box_iou(boxes.float(), anchors)
     matches = (iou >= thresh).sum(1).float()
@@ -117,12 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> list[AnchorCoverage]:
-    from datasets.coco import CocoDetection
-
-    from .build import build_detector
-    from .train import build_datasets
-    from .config import load_config
-
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config)
     if not cfg.model.arch.startswith("ssd"):
