@@ -95,8 +95,8 @@ def synthetic_setting() -> TrainSetting:
     cfg = load_config(DEFAULT_CONFIG)
     if not cfg.model.arch.startswith("ssd"):
         raise ValueError(f"{DEFAULT_CONFIG}: expected an SSD arch for this benchmark, got {cfg.model.arch!r}")
-    size = cfg.model.size or 300
-    return TrainSetting(f"synthetic default ({DEFAULT_CONFIG.name})", cfg.model.alpha, size, cfg.batch_size,
+    size = cfg.model.resolution or 300
+    return TrainSetting(f"synthetic default ({DEFAULT_CONFIG.name})", cfg.model.alpha, size, cfg.train.batch_size,
                         len(CATEGORIES) + 1, int(cfg.data.shapes.get("max_objects", DEFAULT_MAX_OBJECTS)),
                         tuple(sorted(cfg.model.options.items())))
 

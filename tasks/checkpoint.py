@@ -8,19 +8,26 @@ is what lets ``--resume`` reproduce an uninterrupted run exactly.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import random
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
+    "MODEL_BUILDERS",
     "CheckpointError",
+    "checkpoint_meta",
+    "load_model",
+    "normalize_meta",
     "atomic_write_text",
     "capture_rng_state",
     "load_checkpoint",
@@ -207,3 +214,155 @@ def restore_rng_state(state: dict[str, Any], device: torch.device | None = None)
     cuda_state = state.get("cuda")
     if cuda_state is not None and device is not None and torch.device(device).type == "cuda":
         torch.cuda.set_rng_state(cuda_state.cpu(), torch.device(device))
+
+
+# --------------------------------------------------------------------------------------------
+# One metadata shape and one loader for every task's checkpoint
+# --------------------------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = 2
+
+# The networks a checkpoint may name, and where their builders live. A checkpoint only ever selects
+# an entry of this table (never a module or function of its own), so loading one runs no code from it.
+MODEL_BUILDERS: dict[str, tuple[str, str]] = {
+    "classifier": ("tasks.classifier", "build_classifier"),
+    "detector": ("tasks.detection.build", "build_detector"),
+    "face_embedder": ("tasks.faces.model", "build_face_model"),
+}
+
+
+def checkpoint_meta(task: str, model: str, args: Mapping[str, Any], *, resolution: int,
+                    mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
+                    labels: Sequence[str] = (), state_prefix: str = "", train_only: Sequence[str] = (),
+                    **extra: Any) -> dict[str, Any]:
+    """The metadata every task's checkpoint carries (``ckpt["meta"]``), in one shape.
+
+    Args:
+        task: the task that wrote it ("detection", "faces", "attributes", "distill", ...).
+        model: the :data:`MODEL_BUILDERS` entry that rebuilds the network.
+        args: that builder's keyword arguments (plain data).
+        resolution: input side the model was trained at.
+        mean, std: normalisation the caller applies to RGB in [0, 1] before the model (models that
+            normalise inside, the detectors and face embedders, say 0 and 1).
+        labels: the names of the outputs (classes, attributes, identities; may be empty).
+        state_prefix: prefix of the network's keys in the saved state (a training wrapper's).
+        train_only: key prefixes of modules used in training only (a margin head, hint adapters).
+        extra: task-specific entries (e.g. detection's ``label_to_cat_id``), kept as they are.
+    """
+    if model not in MODEL_BUILDERS:
+        raise ValueError(f"unknown model builder {model!r}; known: {sorted(MODEL_BUILDERS)}")
+    return to_plain({
+        "format": CHECKPOINT_FORMAT,
+        "task": task,
+        "model": {"name": model, "args": dict(args), "state_prefix": state_prefix, "train_only": list(train_only)},
+        "preprocess": {"resolution": int(resolution), "mean": [float(v) for v in mean],
+                       "std": [float(v) for v in std]},
+        "labels": [str(v) for v in labels],
+        **extra,
+    }, "meta")
+
+
+def normalize_meta(meta: Mapping[str, Any], path: str | Path = "checkpoint") -> dict[str, Any]:
+    """``meta`` in the current shape; checkpoints of the first format (before one shape) are converted."""
+    if not isinstance(meta, Mapping):
+        raise CheckpointError(f"{path}: 'meta' is a {type(meta).__name__}, expected a mapping")
+    fmt = meta.get("format", 1)
+    if isinstance(fmt, int) and fmt > CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {fmt}; this version reads up to {CHECKPOINT_FORMAT}: "
+                              "update mobilenet-suite")
+    if fmt == CHECKPOINT_FORMAT:
+        for key in ("task", "model", "preprocess", "labels"):
+            if key not in meta:
+                raise CheckpointError(f"{path}: checkpoint metadata lacks {key!r}")
+        return dict(meta)
+    # format 1: three shapes, one per loader that existed then
+    old = dict(meta)
+    if "face_model" in old:  # tasks.faces.train
+        fm = old.pop("face_model")
+        return checkpoint_meta("faces", "face_embedder", fm, resolution=fm.get("resolution", 160),
+                               labels=old.pop("identities", []), train_only=["margin."],
+                               center_crop=fm.get("center_crop", 1.0),
+                               **{k: v for k, v in old.items() if k != "task"})
+    if old.get("task") == "detection" and isinstance(old.get("model"), Mapping):
+        args = old.pop("model")
+        return checkpoint_meta("detection", "detector", args, resolution=args.get("size") or 300,
+                               labels=old.pop("class_names", []),
+                               **{k: v for k, v in old.items() if k != "task"})
+    if isinstance(old.get("model"), Mapping) and "num_outputs" in old["model"]:  # distill / attributes
+        task = old.pop("task", "attributes")
+        extra = {k: v for k, v in old.items()
+                 if k not in ("model", "resolution", "mean", "std", "attribute_names", "state_prefix")}
+        return checkpoint_meta("attributes" if task == "attributes" and "teacher" not in old else "distill",
+                               "classifier", old["model"], resolution=old.get("resolution", 224),
+                               mean=old.get("mean", (0.485, 0.456, 0.406)), std=old.get("std", (0.229, 0.224, 0.225)),
+                               labels=old.get("attribute_names") or [], state_prefix=old.get("state_prefix", ""),
+                               output=task, **{k: v for k, v in extra.items() if k != "output"})
+    raise CheckpointError(f"{path} is not a model checkpoint of this suite (its metadata names no model)")
+
+
+def _builder(name: str, path: str | Path) -> Any:
+    if name not in MODEL_BUILDERS:
+        raise CheckpointError(f"{path} names model {name!r}, which this suite does not build "
+                              f"(known: {sorted(MODEL_BUILDERS)})")
+    module, function = MODEL_BUILDERS[name]
+    return getattr(importlib.import_module(module), function)
+
+
+def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """``model.load_state_dict(state)``, with a mismatch raised as ``ValueError`` naming the tensors."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append(f"{len(wrong)} of other shape (file vs model), e.g. {wrong[:3]}")
+        if missing:
+            parts.append(f"{len(missing)} missing, e.g. {missing[:3]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}")
+        raise CheckpointError(f"{where}: weights do not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", *,
+               task: str | Sequence[str] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network of any task's checkpoint (``best.pt``, ``last.pt``, ``student.pt``).
+
+    Read with ``weights_only=True``; the network is chosen from :data:`MODEL_BUILDERS` by the
+    checkpoint's metadata and gets exactly the saved weights (training-only modules left out).
+
+    Args:
+        path: the checkpoint.
+        device: where the model goes.
+        task: the task(s) the caller accepts; another task's checkpoint is a ``CheckpointError``.
+
+    Returns:
+        (model in eval mode on ``device``, metadata in the current shape).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError (a ``ValueError``): not a checkpoint, another task's, or weights that do not fit
+            (the tensors are named).
+    """
+    ckpt = load_checkpoint(path, map_location="cpu")
+    if "model" not in ckpt or "meta" not in ckpt:
+        raise CheckpointError(f"{path} is not a model checkpoint of this suite (no 'model'/'meta' entries)")
+    meta = normalize_meta(ckpt["meta"], path)
+    if task is not None:
+        accepted = [task] if isinstance(task, str) else list(task)
+        if meta["task"] not in accepted:
+            raise CheckpointError(f"{path} is a {meta['task']} checkpoint; this command reads {' or '.join(accepted)}")
+    spec = meta["model"]
+    build = _builder(spec.get("name", ""), path)
+    try:
+        model = build(**spec.get("args", {}))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild {spec.get('name')} from {spec.get('args')}: {e}") from e
+    prefix, drop = spec.get("state_prefix", ""), tuple(spec.get("train_only", ()))
+    state = {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
+    state = {k: v for k, v in state.items() if not (drop and k.startswith(drop))}
+    load_state_strict(model, state, str(path))
+    return model.to(device).eval(), meta

@@ -5,7 +5,8 @@
 
 A missing file, a bad value in a file or flag (``ValueError``, which the loaders raise naming the file and
 field) and a non-finite loss (``NonFiniteLossError``, naming the epoch and step) print ``error: <message>``
-and exit with status 2, as argparse does for bad flags. Anything else is a bug and keeps its traceback.
+and exit with status 2, as argparse does for bad flags; ``--debug`` on the command line shows the
+traceback instead. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -24,5 +25,7 @@ def run_cli(main: Callable[[], Any]) -> None:
     try:
         main()
     except USER_ERRORS as exc:
+        if "--debug" in sys.argv[1:]:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -7,9 +7,10 @@ The backend is gloo on CPU and nccl on CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as torch_dist
@@ -21,6 +22,8 @@ __all__ = [
     "broadcast_object",
     "cleanup_distributed",
     "init_distributed",
+    "pick_device",
+    "rank_zero_first",
 ]
 
 
@@ -57,17 +60,20 @@ def _env_int(name: str) -> int | None:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``--device``: None picks CUDA when available, else the CPU; an unusable device is an error."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device {device!r} is not a valid torch device: {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
     return dev
 
 
-def init_distributed(device: str | torch.device = "cpu") -> DistInfo:
+def init_distributed(device: str | torch.device | None = "cpu") -> DistInfo:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 
     Idempotent: when a process group already exists its rank/world size are reported. On CUDA the
@@ -80,7 +86,7 @@ def init_distributed(device: str | torch.device = "cpu") -> DistInfo:
     Returns:
         A :class:`DistInfo`; ``world_size == 1`` when not launched by torchrun.
     """
-    dev = _resolve_device(device)
+    dev = pick_device(device)
     world_size = _env_int("WORLD_SIZE")
     rank = _env_int("RANK")
     local_rank = _env_int("LOCAL_RANK")
@@ -135,3 +141,18 @@ def all_gather_object(obj: Any, info: DistInfo) -> list[Any]:
     out: list[Any] = [None] * info.world_size
     torch_dist.all_gather_object(out, obj)
     return out
+
+
+@contextlib.contextmanager
+def rank_zero_first(info: DistInfo) -> Iterator[None]:
+    """Run the block on rank 0 first while the other ranks wait, then on the others.
+
+    For data preparation: rank 0 writes a synthetic set or a cache once; the others then find it.
+    """
+    if not info.is_main:
+        barrier(info)
+    try:
+        yield
+    finally:
+        if info.is_main:
+            barrier(info)

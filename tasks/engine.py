@@ -32,7 +32,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ from tasks.checkpoint import (
     save_checkpoint,
     to_plain,
 )
+from tasks.config import build_section
 from tasks.distributed import (
     DistInfo,
     all_gather_object,
@@ -105,6 +106,7 @@ class EngineConfig:
 
     Attributes:
         epochs: total number of epochs (resuming continues up to this count).
+        batch_size: images (samples) per batch and process.
         optimizer: "sgd", "rmsprop" or "adamw".
         lr: peak learning rate (reached after warmup).
         momentum: SGD / RMSprop momentum.
@@ -138,6 +140,7 @@ class EngineConfig:
     """
 
     epochs: int = 10
+    batch_size: int = 32
     optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
@@ -170,7 +173,7 @@ class EngineConfig:
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"EngineConfig.{name}={getattr(self, name)!r}: {why}")
 
-        for name in ("epochs", "eval_every", "log_every"):
+        for name in ("epochs", "batch_size", "eval_every", "log_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise bad(name, "must be an integer >= 1")
@@ -211,14 +214,8 @@ class EngineConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str = "config") -> EngineConfig:
-        """Build from a YAML mapping; unknown keys raise ``ValueError`` naming them and ``source``."""
-        if not isinstance(d, Mapping):
-            raise TypeError(f"{source}: engine settings must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown engine setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(d))
+        """Build from a YAML mapping through the one config check (``tasks.config.build_section``)."""
+        return build_section(cls, d, source)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (lists instead of tuples) for YAML and checkpoints."""
@@ -696,7 +693,7 @@ def fit(
     train_set: Dataset,
     *,
     cfg: EngineConfig,
-    batch_size: int,
+    batch_size: int | None = None,
     output_dir: str | Path,
     loss_fn: LossFn,
     evaluate_fn: EvaluateFn | None = None,
@@ -727,7 +724,7 @@ def fit(
         model: plain (not DDP-wrapped) model; moved to ``device``.
         train_set: map-style training dataset.
         cfg: optimisation and bookkeeping settings.
-        batch_size: per-process batch size.
+        batch_size: per-process batch size (None: ``cfg.batch_size``).
         output_dir: receives ``config.yaml``, ``metrics.jsonl``, ``last.pt``, ``best.pt`` (and
             ``tb/`` when tensorboard is installed).
         loss_fn: ``loss_fn(model, batch, device)`` -> dict of named scalar losses (or one tensor).
@@ -758,6 +755,7 @@ def fit(
             f"EngineConfig.metric={cfg.metric!r}, metric_mode={cfg.metric_mode!r} need an evaluate_fn; "
             "without one the metric is the mean training loss: use metric='loss', metric_mode='min'"
         )
+    batch_size = cfg.batch_size if batch_size is None else batch_size
     meta_plain = to_plain(dict(meta or {}), "meta")
     config_plain = to_plain(dict(config_dict), "config_dict") if config_dict is not None else cfg.to_dict()
 

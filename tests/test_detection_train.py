@@ -23,11 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _write_config(path: Path, **overrides) -> Path:
     cfg = {
-        "model": {"arch": "ssd300", "alpha": 0.25, "size": 96},
-        "data": {"dataset": "coco", "zoom_out_max": 1.0, "num_workers": 0},
-        "batch_size": 16,
-        "eval_batch_size": 16,
-        "train": {"epochs": 2, "optimizer": "adamw", "lr": 0.004, "weight_decay": 0.0001, "warmup_iters": 5, "seed": 0},
+        "model": {"arch": "ssd300", "alpha": 0.25, "resolution": 96},
+        "data": {"dataset": "coco", "zoom_out_max": 1.0, "workers": 0, "eval_batch_size": 16},
+        "train": {"epochs": 2, "batch_size": 16, "optimizer": "adamw", "lr": 0.004, "weight_decay": 0.0001,
+                  "warmup_iters": 5, "seed": 0},
     }
     for section, values in overrides.items():
         if isinstance(values, dict):
@@ -76,11 +75,10 @@ def test_training_learns_well_above_chance(easy_shapes, tmp_path):
     # 1.5% (python -m tasks.detection.coverage), and matched anchors are what SSD learns from.
     cfg = _write_config(
         tmp_path / "cfg.yaml",
-        model={"alpha": 0.25, "size": 192, "options": {"min_scale": 0.15, "reduce_boxes_in_lowest_layer": False,
+        model={"alpha": 0.25, "resolution": 192, "options": {"min_scale": 0.15, "reduce_boxes_in_lowest_layer": False,
                                                        "aspect_ratios": [1.0, 2.0, 0.5]}},
         data={"iou_crop_prob": 0.0, "photometric_prob": 0.0},
-        batch_size=16,
-        train={"epochs": 6, "lr": 0.008, "warmup_iters": 30, "eval_every": 2, "grad_clip": 10.0},
+        train={"epochs": 6, "batch_size": 16, "lr": 0.008, "warmup_iters": 30, "eval_every": 2, "grad_clip": 10.0},
     )
     summary = det_train.main(["--config", str(cfg), *_data_args(easy_shapes), "--output-dir", str(tmp_path / "o"), "--device", "cpu"])
     lines = [json.loads(l) for l in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
@@ -136,7 +134,7 @@ def test_evaluate_cli_equals_pycocotools_and_ignores_batch_size(trained, shapes,
 def test_predict_draws_and_writes_json(trained, shapes, tmp_path):
     out, _ = trained
     images = sorted(Path(shapes["val"][0]).iterdir())[:2]
-    records = det_predict.main(["--checkpoint", str(out / "best.pt"), *map(str, images), "--out", str(tmp_path), "--score-thresh", "0.0"])
+    records = det_predict.main(["--checkpoint", str(out / "best.pt"), *map(str, images), "--out-dir", str(tmp_path), "--score-thresh", "0.0"])
     assert len(records) == 2
     saved = json.loads((tmp_path / "detections.json").read_text())
     assert [r["image"] for r in saved] == [str(p) for p in images]
@@ -148,11 +146,11 @@ def test_predict_draws_and_writes_json(trained, shapes, tmp_path):
             assert 0 <= x and 0 <= y and x + w <= r["width"] + 0.01 and y + h <= r["height"] + 0.01
             assert 0.0 <= d["score"] <= 1.0
     with pytest.raises(FileNotFoundError, match="nope.jpg"):
-        det_predict.main(["--checkpoint", str(out / "best.pt"), str(tmp_path / "nope.jpg"), "--out", str(tmp_path)])
+        det_predict.main(["--checkpoint", str(out / "best.pt"), str(tmp_path / "nope.jpg"), "--out-dir", str(tmp_path)])
 
 
 def test_resume_continues_the_same_loss_curve(shapes, tmp_path, monkeypatch):
-    cfg = _write_config(tmp_path / "cfg.yaml", train={"epochs": 3}, model={"size": 64})
+    cfg = _write_config(tmp_path / "cfg.yaml", train={"epochs": 3}, model={"resolution": 64})
     args = ["--config", str(cfg), *_data_args(shapes), "--device", "cpu"]
     det_train.main([*args, "--output-dir", str(tmp_path / "full")])
 
@@ -221,7 +219,7 @@ def test_skip_bad_images_counts_a_corrupt_file(shapes, tmp_path, capsys):
     data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps(data))
-    cfg = _write_config(tmp_path / "cfg.yaml", train={"epochs": 1}, model={"size": 64})
+    cfg = _write_config(tmp_path / "cfg.yaml", train={"epochs": 1}, model={"resolution": 64})
     args = ["--config", str(cfg), "--data-root", str(images), "--ann", str(ann), "--output-dir", str(tmp_path / "o")]
     with pytest.raises((ValueError, OSError), match=first.name):
         det_train.main(args)
@@ -230,7 +228,7 @@ def test_skip_bad_images_counts_a_corrupt_file(shapes, tmp_path, capsys):
 
 
 def test_non_finite_loss_stops_with_the_step(shapes, tmp_path):
-    cfg = _write_config(tmp_path / "cfg.yaml", train={"epochs": 1, "lr": 1e30, "warmup_iters": 0}, model={"size": 64})
+    cfg = _write_config(tmp_path / "cfg.yaml", train={"epochs": 1, "lr": 1e30, "warmup_iters": 0}, model={"resolution": 64})
     from tasks.engine import NonFiniteLossError
 
     with pytest.raises(NonFiniteLossError, match="step"):
@@ -238,14 +236,14 @@ def test_non_finite_loss_stops_with_the_step(shapes, tmp_path):
 
 
 def test_torchrun_two_processes_on_cpu(shapes, tmp_path):
-    cfg = _write_config(tmp_path / "cfg.yaml", train={"epochs": 1}, model={"size": 64}, batch_size=8)
+    cfg = _write_config(tmp_path / "cfg.yaml", model={"resolution": 64}, train={"epochs": 1, "batch_size": 8})
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tasks.detection.train",
            "--config", str(cfg), *_data_args(shapes), "--output-dir", str(tmp_path / "ddp"), "--device", "cpu"]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("best checkpoint:") == 1  # only rank 0 reports
+    assert proc.stdout.count("detection summary") == 1  # only rank 0 reports
     assert (tmp_path / "ddp" / "best.pt").is_file()
     assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 1
     model, meta = load_detector(tmp_path / "ddp" / "best.pt")
-    assert meta["model"]["size"] == 64
+    assert meta["model"]["args"]["size"] == 64 and meta["preprocess"]["resolution"] == 64

@@ -30,7 +30,9 @@ from datasets.coco import CocoDetection
 from tasks.cli import run_cli
 
 from .build import build_detector
-from .config import load_config
+from tasks.config import read_yaml_mapping
+
+from .config import DEFAULT_CONFIG, DetectionConfig
 from .train import build_datasets
 
 __all__ = ["AnchorCoverage", "anchor_coverage", "ssd_anchors", "relative_boxes", "main"]
@@ -130,17 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> list[AnchorCoverage]:
     args = build_parser().parse_args(argv)
-    cfg = load_config(args.config)
+    path = args.config or DEFAULT_CONFIG
+    cfg = DetectionConfig.from_dict(read_yaml_mapping(path), source=str(path))
     if not cfg.model.arch.startswith("ssd"):
         raise ValueError(f"anchor coverage is defined for the SSD archs, the config has {cfg.model.arch!r}")
     if args.ann:
         dataset = CocoDetection(args.data_root or ".", args.ann, train=True)
     elif args.data_root:
         raise ValueError("--data-root goes with --ann")
+    elif cfg.data.dataset == "coco":
+        raise ValueError(f"{path} reads COCO data it does not name; give --data-root and --ann")
     else:
         dataset, _ = build_datasets(cfg)
     boxes = relative_boxes(dataset)
-    sizes = args.sizes or [cfg.model.size]
+    sizes = args.sizes or [cfg.model.resolution]
     results = []
     print(f"{len(boxes)} boxes of {dataset.ann_file} against the anchors of {cfg.model.arch} "
           f"({cfg.model.backbone}, alpha {cfg.model.alpha}, options {cfg.model.options or {}})")

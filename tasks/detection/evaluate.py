@@ -15,12 +15,12 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from datasets.coco import CocoDetection
 from eval.coco import format_stats, plot_precision_recall
-from tasks.checkpoint import load_checkpoint
+from tasks.checkpoint import atomic_write_text, load_checkpoint
 from tasks.cli import run_cli
+from tasks.distributed import pick_device
+from tasks.flags import add_eval_flags
 
 from .config import DetectionConfig
 from .inference import evaluate_dataset, load_detector, transforms_for
@@ -30,20 +30,20 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tasks.detection.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="best.pt / last.pt of tasks.detection.train")
+    add_eval_flags(p, batch_size=8)
     p.add_argument("--data-root", help="image folder (default: the val split of the checkpoint's config)")
     p.add_argument("--ann", help="instances JSON")
-    p.add_argument("--out-dir", help="default: <checkpoint folder>/eval")
-    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--skip-bad-images", action="store_true")
-    p.add_argument("--device", default=None)
     return p
 
 
 def _val_split_from_checkpoint(path: str) -> tuple[str, str]:
     config = load_checkpoint(path).get("config") or {}
-    cfg = DetectionConfig.from_dict(config, source=f"{path} (config)")
+    try:
+        cfg = DetectionConfig.from_dict(config, source=f"{path} (config)")
+    except ValueError as e:
+        raise ValueError(f"{e}; pass the split to score with --data-root and --ann") from None
     if cfg.data.dataset == "shapes":
         from datasets.synthetic import ensure_shapes_dataset
 
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     if bool(args.data_root) != bool(args.ann):
         raise ValueError("--data-root and --ann go together")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(args.device)
     model, meta = load_detector(args.checkpoint, device)
     root, ann = (args.data_root, args.ann) if args.data_root else _val_split_from_checkpoint(args.checkpoint)
     dataset = CocoDetection(root, ann, transforms_for(model, False), train=False, skip_bad_images=args.skip_bad_images)
@@ -74,8 +74,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     out = Path(args.out_dir or Path(args.checkpoint).parent / "eval")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "detections.json").write_text(json.dumps(detections))
-    (out / "stats.json").write_text(json.dumps(result.stats, indent=2))
+    atomic_write_text(out / "detections.json", json.dumps(detections))
+    atomic_write_text(out / "stats.json", json.dumps(result.stats, indent=2))
     plot_precision_recall(result, out / "pr_curve.png")
     print(f"{args.checkpoint} on {ann} ({len(dataset)} images, {len(detections)} detections):")
     print(format_stats(result.stats))

@@ -16,9 +16,8 @@ from tqdm import tqdm
 from datasets.coco import CocoDetection, collate_detection
 from datasets.transforms import detection_transforms, rescale_boxes
 from eval.coco import CocoEvalResult, evaluate_detections
-from tasks.checkpoint import load_checkpoint
+from tasks.checkpoint import CheckpointError, load_model
 
-from .build import build_detector
 
 __all__ = ["transforms_for", "load_detector", "predict_batches", "predict_dataset", "evaluate_dataset", "to_coco_results"]
 
@@ -35,22 +34,17 @@ def transforms_for(model: nn.Module, train: bool, **kwargs: Any):
 
 
 def load_detector(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a detector from a training checkpoint (read with ``weights_only=True``).
+    """A detection checkpoint through the one loader (``tasks.checkpoint.load_model``).
 
     Returns:
-        (model in eval mode on ``device``, the checkpoint's ``meta``: ``model`` build args,
-        ``label_to_cat_id``, ``class_names``).
+        (model in eval mode on ``device``, metadata: ``labels`` (class names, background first) and
+        ``label_to_cat_id`` with integer keys).
     """
-    ckpt = load_checkpoint(path, map_location="cpu")
-    meta = ckpt.get("meta") or {}
-    for key in ("model", "label_to_cat_id", "class_names"):
-        if key not in meta:
-            raise ValueError(f"{path} is not a detection checkpoint of this project: meta has no {key!r}")
-    model = build_detector(**meta["model"])
-    model.load_state_dict(ckpt["model"])
-    meta = dict(meta)
+    model, meta = load_model(path, device, task="detection")
+    if "label_to_cat_id" not in meta:
+        raise CheckpointError(f"{path}: detection checkpoint without label_to_cat_id")
     meta["label_to_cat_id"] = {int(k): int(v) for k, v in meta["label_to_cat_id"].items()}
-    return model.to(device).eval(), meta
+    return model, meta
 
 
 def _same_size_groups(images: Sequence[Tensor]) -> list[list[int]]:

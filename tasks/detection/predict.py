@@ -1,6 +1,6 @@
 """Run a detection checkpoint on image files and draw what it finds.
 
-    python -m tasks.detection.predict --checkpoint runs/detection/shapes_ssd/best.pt img1.jpg img2.png --out preds/
+    python -m tasks.detection.predict --checkpoint runs/detection/shapes_ssd/best.pt img1.jpg img2.png --out-dir preds/
 
 Writes each image with its boxes, class names and scores drawn (``<name>.png``) and one
 ``detections.json``: ``[{"image": path, "width", "height", "detections": [{"bbox": [x, y, w, h],
@@ -21,7 +21,10 @@ from tqdm import tqdm
 
 from datasets.coco import load_rgb_image
 from datasets.transforms import rescale_boxes
+from tasks.checkpoint import atomic_write_text
 from tasks.cli import run_cli
+from tasks.distributed import pick_device
+from tasks.flags import add_alias, add_eval_flags
 
 from .inference import load_detector, predict_batches, transforms_for
 
@@ -31,10 +34,9 @@ __all__ = ["build_parser", "main", "predict_images"]
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tasks.detection.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True, help="output folder")
+    add_eval_flags(p, batch_size=1)
+    add_alias(p, "--out", "--out-dir")
     p.add_argument("--score-thresh", type=float, default=0.3, help="draw and keep detections above this score")
-    p.add_argument("--device", default=None)
     return p
 
 
@@ -46,7 +48,7 @@ def predict_images(
         raise ValueError(f"--score-thresh must be in [0, 1], got {score_thresh}")
     model, meta = load_detector(checkpoint, device)
     transform = transforms_for(model, False)
-    names, to_cat = meta["class_names"], meta["label_to_cat_id"]
+    names, to_cat = meta["labels"], meta["label_to_cat_id"]
     records, drawn = [], []
     for path in tqdm(paths, desc="predict", disable=len(paths) < 2):
         if not Path(path).is_file():
@@ -74,9 +76,9 @@ def predict_images(
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = build_parser().parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(args.device)
     records, drawn = predict_images(args.checkpoint, args.images, score_thresh=args.score_thresh, device=device)
-    out = Path(args.out)
+    out = Path(args.out_dir or Path(args.checkpoint).parent / "predict")
     out.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
@@ -93,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         )
         Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(out / name)
         rec["drawn"] = str(out / name)
-    (out / "detections.json").write_text(json.dumps(records, indent=2))
+    atomic_write_text(out / "detections.json", json.dumps(records, indent=2))
     total = sum(len(r["detections"]) for r in records)
     print(f"{len(records)} image(s), {total} detection(s) >= {args.score_thresh}; wrote {out / 'detections.json'}")
     return records

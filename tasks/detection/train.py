@@ -28,74 +28,45 @@ import torch
 from datasets.coco import CocoDetection, collate_detection
 from datasets.synthetic import ensure_shapes_dataset
 from eval.coco import format_stats, plot_precision_recall
+from tasks.checkpoint import atomic_write_text, checkpoint_meta
 from tasks.cli import run_cli
-from tasks.distributed import barrier, init_distributed
-from tasks.engine import fit, seed_everything
+from tasks.distributed import DistInfo
+from tasks.flags import add_alias, flag_overrides, train_parser
+from tasks.lifecycle import Report, TrainJob, run_training
 
 from .build import build_detector
-from .config import DetectionConfig, load_config
-from .inference import evaluate_dataset, load_detector, transforms_for
+from .config import DEFAULT_CONFIG, DetectionConfig, load_config
+from .inference import evaluate_dataset, transforms_for
 
-__all__ = ["build_parser", "main", "build_datasets"]
+__all__ = ["build_parser", "main", "build_datasets", "resolve_config"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tasks.detection.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="experiment YAML (default: configs/detection/shapes_ssd.yaml)")
-    p.add_argument("--data-root", help="training image folder (COCO format); omit for the built-in shapes set")
-    p.add_argument("--ann", help="training instances JSON")
-    p.add_argument("--val-data-root", help="validation image folder")
-    p.add_argument("--val-ann", help="validation instances JSON")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--arch", choices=["ssd300", "ssdlite300", "faster_rcnn300", "faster_rcnn600"])
-    p.add_argument("--backbone", help="mobilenet_v1 or a timm model name")
-    p.add_argument("--alpha", type=float, help="MobileNet width multiplier")
-    p.add_argument("--size", type=int, help="input size (SSD: square side; Faster R-CNN: shorter side)")
-    p.add_argument("--pretrained-backbone", help="state-dict path, or 'timm' to download ImageNet weights")
-    p.add_argument("--workers", type=int, help="data loader workers per process")
-    p.add_argument("--output-dir", help="default: runs/detection/<config name>")
-    p.add_argument("--resume", help="checkpoint (last.pt) to continue from")
-    p.add_argument("--skip-bad-images", action="store_true", help="skip (and count) missing or corrupt images")
-    p.add_argument("--drop-empty", action="store_true", help="drop training images without annotations")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
-    p.add_argument("--amp", action="store_true", help="mixed precision (fp16 on CUDA, bf16 on CPU)")
-    p.add_argument("--seed", type=int)
+    p = train_parser("python -m tasks.detection.train", __doc__.split("\n\n")[0],
+                     default_config="configs/detection/shapes_ssd.yaml")
+    g = p.add_argument_group("detection")
+    g.add_argument("--arch", choices=["ssd300", "ssdlite300", "faster_rcnn300", "faster_rcnn600"])
+    g.add_argument("--skip-bad-images", action="store_true", default=None,
+                   help="skip (and count) missing or corrupt images [data.skip_bad_images]")
+    g.add_argument("--drop-empty", action="store_true", default=None,
+                   help="drop training images without annotations [data.drop_empty]")
+    add_alias(p, "--size", "--resolution", type=int)
     return p
 
 
 def resolve_config(args: argparse.Namespace) -> DetectionConfig:
-    """The YAML config with the command-line flags applied on top."""
-    cfg = load_config(args.config)
+    """The YAML config with the command-line flags applied on top, validated once."""
+    overrides = flag_overrides(args, {"arch": "model.arch", "skip_bad_images": "data.skip_bad_images",
+                                      "drop_empty": "data.drop_empty"})
     if args.data_root or args.ann:
         if not (args.data_root and args.ann):
             raise ValueError("--data-root and --ann go together")
-        cfg.data.dataset, cfg.data.train_root, cfg.data.train_ann = "coco", args.data_root, args.ann
-        cfg.data.val_root, cfg.data.val_ann = args.val_data_root, args.val_ann
+        overrides["data"]["dataset"] = "coco"
+        if not (args.val_data_root or args.val_ann):  # the config's val split belongs to its own data
+            overrides["data"].update(val_root=None, val_ann=None)
     elif args.val_data_root or args.val_ann:
         raise ValueError("--val-data-root/--val-ann need --data-root and --ann")
-    for flag, section, key in (
-        ("epochs", cfg.train, "epochs"),
-        ("lr", cfg.train, "lr"),
-        ("seed", cfg.train, "seed"),
-        ("arch", cfg.model, "arch"),
-        ("backbone", cfg.model, "backbone"),
-        ("alpha", cfg.model, "alpha"),
-        ("size", cfg.model, "size"),
-        ("pretrained_backbone", cfg.model, "pretrained_backbone"),
-        ("workers", cfg.data, "num_workers"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            setattr(section, key, value)
-    if args.batch_size is not None:
-        cfg.batch_size = args.batch_size
-    cfg.data.skip_bad_images = cfg.data.skip_bad_images or args.skip_bad_images
-    cfg.data.drop_empty = cfg.data.drop_empty or args.drop_empty
-    cfg.train.amp = cfg.train.amp or args.amp
-    cfg.validate("command line")
-    return cfg
+    return load_config(args.config, overrides)
 
 
 def build_datasets(cfg: DetectionConfig, *, is_main: bool = True) -> tuple[CocoDetection, CocoDetection | None]:
@@ -105,7 +76,7 @@ def build_datasets(cfg: DetectionConfig, *, is_main: bool = True) -> tuple[CocoD
         paths = ensure_shapes_dataset(**data.shapes, progress=is_main)
         train_root, train_ann, val_root, val_ann = paths["train_root"], paths["train_ann"], paths["val_root"], paths["val_ann"]
     else:
-        train_root, train_ann, val_root, val_ann = data.train_root, data.train_ann, data.val_root, data.val_ann
+        train_root, train_ann, val_root, val_ann = data.root, data.ann, data.val_root, data.val_ann
     train_set = CocoDetection(
         train_root, train_ann, train=True, skip_bad_images=data.skip_bad_images, drop_empty=data.drop_empty
     )
@@ -150,79 +121,60 @@ def _print_data_summary(name: str, ds: CocoDetection) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    cfg = resolve_config(args)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    config_name = Path(args.config).stem if args.config else "shapes_ssd"
-    output_dir = Path(args.output_dir or Path("runs") / "detection" / config_name)
-
-    dist = init_distributed(device)
-    if not dist.is_main:  # rank 0 writes the synthetic set once; the others wait and read it
-        barrier(dist)
+def _prepare(cfg: DetectionConfig, dist: DistInfo) -> tuple[CocoDetection, CocoDetection | None]:
     train_set, val_set = build_datasets(cfg, is_main=dist.is_main)
     if dist.is_main:
-        barrier(dist)
         _print_data_summary("train", train_set)
         if val_set is not None:
             _print_data_summary("val", val_set)
         else:
             print("no validation split given: best.pt is chosen by the training loss, and no mAP is reported")
+    return train_set, val_set
 
-    seed_everything(cfg.train.seed)  # the initial weights depend on the seed alone
-    model = build_detector(
-        cfg.model.arch, train_set.num_classes, backbone=cfg.model.backbone, alpha=cfg.model.alpha,
-        size=cfg.model.size, pretrained_backbone=cfg.model.pretrained_backbone, **cfg.model.options,
-    )
-    train_set.transforms = transforms_for(
-        model, True, zoom_out_max=cfg.data.zoom_out_max, iou_crop_prob=cfg.data.iou_crop_prob,
-        photometric_prob=cfg.data.photometric_prob,
-    )
-    if val_set is not None:
-        val_set.transforms = transforms_for(model, False)
-    meta = {
-        "task": "detection",
-        "model": model.build_args,
-        "label_to_cat_id": {str(k): v for k, v in train_set.label_to_cat_id.items()},
-        "class_names": list(train_set.class_names),
-    }
-    evaluate_fn = None
-    if val_set is not None:
-        cfg.train.metric, cfg.train.metric_mode = "AP", "max"
 
-        def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
-            result, _ = evaluate_dataset(
-                m, val_set, train_set.label_to_cat_id, batch_size=cfg.eval_batch_size, device=dist.device,
-                num_workers=cfg.data.num_workers,
-            )
-            return result.stats
-    else:
-        cfg.train.metric, cfg.train.metric_mode = "loss", "min"
-
-    result = fit(
-        model, train_set, cfg=cfg.train, batch_size=cfg.batch_size, output_dir=output_dir, loss_fn=_loss_fn,
-        evaluate_fn=evaluate_fn, collate_fn=collate_detection, num_workers=cfg.data.num_workers,
-        device=dist.device, resume=args.resume, meta=meta, config_dict=cfg.to_dict(),
+def _build(cfg: DetectionConfig, data: tuple[CocoDetection, CocoDetection | None], dist: DistInfo) -> TrainJob:
+    train_set, val_set = data
+    m = cfg.model
+    model = build_detector(m.arch, train_set.num_classes, backbone=m.backbone, alpha=m.alpha, size=m.resolution,
+                           pretrained_backbone=m.pretrained_backbone, **m.options)
+    d = cfg.data
+    train_set.transforms = transforms_for(model, True, zoom_out_max=d.zoom_out_max, iou_crop_prob=d.iou_crop_prob,
+                                          photometric_prob=d.photometric_prob)
+    label_to_cat_id = train_set.label_to_cat_id
+    meta = checkpoint_meta(
+        "detection", "detector", model.build_args, resolution=model.build_args["size"],
+        labels=train_set.class_names, label_to_cat_id={str(k): v for k, v in label_to_cat_id.items()},
     )
-    summary: dict[str, Any] = {"best_checkpoint": str(result.best_path), "last_checkpoint": str(result.last_path)}
-    if not dist.is_main:
-        return summary
-    skipped = sum(ds.stats.get("bad_images_skipped", 0) for ds in (train_set, val_set) if ds is not None)
-    if skipped:
-        print(f"skipped {skipped} bad image(s) (see the lines above for the files)")
-    if val_set is not None and result.best_path is not None and Path(result.best_path).is_file():
-        best, best_meta = load_detector(result.best_path, dist.device)
-        stats, dets = evaluate_dataset(
-            best, val_set, best_meta["label_to_cat_id"], batch_size=cfg.eval_batch_size, device=dist.device,
-            num_workers=cfg.data.num_workers,
-        )
-        (output_dir / "val_detections.json").write_text(json.dumps(dets))
-        (output_dir / "val_stats.json").write_text(json.dumps(stats.stats, indent=2))
-        plot_precision_recall(stats, output_dir / "val_pr_curve.png")
-        print(f"\nCOCO bbox evaluation of {result.best_path} on the val split ({len(val_set)} images):")
-        print(format_stats(stats.stats))
-        summary["stats"] = stats.stats
-    print(f"best checkpoint: {result.best_path}")
+    job = TrainJob(model=model, train_set=train_set, loss_fn=_loss_fn, meta=meta, collate_fn=collate_detection)
+    if val_set is None:
+        return job
+    val_set.transforms = transforms_for(model, False)
+
+    def evaluate(net: torch.nn.Module) -> tuple[Any, list[dict[str, Any]]]:
+        return evaluate_dataset(net, val_set, label_to_cat_id, batch_size=d.eval_batch_size, device=dist.device,
+                                num_workers=d.workers)
+
+    def report(best: torch.nn.Module, meta: dict[str, Any], out: Path) -> Report:
+        stats, dets = evaluate(best)
+        atomic_write_text(out / "val_detections.json", json.dumps(dets))
+        atomic_write_text(out / "val_stats.json", json.dumps(stats.stats, indent=2))
+        plot = plot_precision_recall(stats, out / "val_pr_curve.png")
+        text = f"COCO bbox evaluation on the val split ({len(val_set)} images):\n{format_stats(stats.stats)}"
+        return Report(metrics=dict(stats.stats), text=text, plots=[plot])
+
+    job.evaluate_fn = lambda net: evaluate(net)[0].stats
+    job.metric, job.metric_mode, job.report, job.val_set = "AP", "max", report, val_set
+    return job
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    cfg = resolve_config(args)
+    config_name = Path(args.config).stem if args.config else DEFAULT_CONFIG.stem
+    output_dir = Path(args.output_dir or Path("runs") / "detection" / config_name)
+    summary = run_training("detection", cfg, output_dir=output_dir, prepare=_prepare, build=_build,
+                           device=args.device, resume=args.resume)
+    summary["stats"] = summary.get("metrics", {})
     return summary
 
 

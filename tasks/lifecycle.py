@@ -1,0 +1,181 @@
+"""The one life of a training run, the same for every task.
+
+A training entry point parses its flags, loads its config (:mod:`tasks.config`) and hands two
+functions to :func:`run_training`:
+
+* ``prepare(cfg, dist) -> data``: reads (or, for the built-in synthetic sets, writes) the data. It
+  runs on rank 0 first while the other ranks wait, so a dataset or cache is written once.
+* ``build(cfg, data, dist) -> TrainJob``: the model, its loss, its validation and its metadata.
+
+The scaffold does the rest, identically for all tasks: device and process group (``torchrun`` sets
+them), ``tasks.engine.fit`` (which writes ``config.yaml``, ``metrics.jsonl``, ``last.pt``, ``best.pt``),
+then on rank 0 only: reload ``best.pt`` through the one checkpoint loader, evaluate it on the
+validation split with the task's report, write ``summary.json`` (final metrics of best.pt, checkpoint
+paths, wall time) and the task's plots, and print a one-screen summary.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch.distributed as torch_dist
+from torch import nn
+from torch.utils.data import Dataset
+
+from tasks.checkpoint import atomic_write_text, load_model, to_plain
+from tasks.config import config_to_dict
+from tasks.distributed import DistInfo, cleanup_distributed, init_distributed, pick_device, rank_zero_first
+from tasks.engine import EvaluateFn, LossFn, fit, seed_everything
+
+__all__ = ["Report", "TrainJob", "run_training"]
+
+
+@dataclass
+class Report:
+    """What a task's final evaluation of ``best.pt`` gives back.
+
+    Attributes:
+        metrics: numbers for ``summary.json`` (JSON-able).
+        text: the task's own block of the printed summary (a COCO table, an AP table, ...).
+        plots: the PNGs it wrote.
+    """
+
+    metrics: dict[str, Any]
+    text: str = ""
+    plots: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class TrainJob:
+    """What a task supplies to :func:`run_training`.
+
+    Attributes:
+        model: the network to train (plain, not DDP-wrapped).
+        train_set: the training dataset.
+        loss_fn: ``loss_fn(model, batch, device)`` -> dict of losses.
+        meta: checkpoint metadata (``tasks.checkpoint.checkpoint_meta``).
+        evaluate_fn: validation metrics after each evaluation epoch (selects ``best.pt``); None: the
+            training loss selects it.
+        metric, metric_mode: the key of ``evaluate_fn``'s dict that selects best.pt, "max" or "min".
+        report: ``report(best_model, meta, output_dir) -> Report``, the final evaluation of the
+            reloaded best.pt on the validation split; None: ``evaluate_fn`` is used.
+        collate_fn, batch_sampler: passed to ``fit``.
+        val_set: the validation dataset, if any (its bad-image count goes into the summary).
+        lines: what the task prints about its data and model before training.
+    """
+
+    model: nn.Module
+    train_set: Dataset
+    loss_fn: LossFn
+    meta: dict[str, Any]
+    evaluate_fn: EvaluateFn | None = None
+    metric: str = "loss"
+    metric_mode: str = "min"
+    report: Callable[[nn.Module, dict[str, Any], Path], Report] | None = None
+    collate_fn: Callable | None = None
+    batch_sampler: Any = None
+    val_set: Dataset | None = None
+    lines: list[str] = field(default_factory=list)
+
+
+def run_training(
+    task: str,
+    cfg: Any,
+    *,
+    output_dir: str | Path,
+    prepare: Callable[[Any, DistInfo], Any],
+    build: Callable[[Any, Any, DistInfo], TrainJob],
+    device: str | None = None,
+    resume: str | Path | None = None,
+) -> dict[str, Any]:
+    """Prepare data, build, train, reload best.pt, report, summarise (see the module docstring).
+
+    Args:
+        task: the task's name (in the summary).
+        cfg: the task's config dataclass with ``data``, ``model`` and ``train`` sections.
+        output_dir: the run's folder.
+        prepare, build: the task's two functions.
+        device: ``--device`` (None: CUDA when available).
+        resume: ``--resume``.
+
+    Returns:
+        The summary dict (rank 0 writes it as ``summary.json``; other ranks get the checkpoint paths).
+    """
+    t0 = time.perf_counter()
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output-dir {out} is a file, not a folder")
+    created = not (torch_dist.is_available() and torch_dist.is_initialized())
+    dist = init_distributed(pick_device(device))
+    created = created and dist.distributed
+    try:
+        with rank_zero_first(dist):
+            data = prepare(cfg, dist)
+        seed_everything(cfg.train.seed)  # the initial weights depend on the seed alone
+        job = build(cfg, data, dist)
+        if dist.is_main:
+            for line in job.lines:
+                print(line)
+        cfg.train.metric, cfg.train.metric_mode = job.metric, job.metric_mode
+        result = fit(
+            job.model, job.train_set, cfg=cfg.train, batch_size=cfg.train.batch_size, output_dir=out,
+            loss_fn=job.loss_fn, evaluate_fn=job.evaluate_fn, collate_fn=job.collate_fn,
+            num_workers=cfg.data.workers, device=dist.device, resume=resume, meta=job.meta,
+            config_dict=config_to_dict(cfg), **({"batch_sampler": job.batch_sampler} if job.batch_sampler else {}),
+        )
+        summary: dict[str, Any] = {
+            "task": task,
+            "output_dir": str(out),
+            "best_checkpoint": str(result.best_path) if result.best_path else None,
+            "last_checkpoint": str(result.last_path) if result.last_path else None,
+            "epochs": result.epochs,
+            "selected_by": {"metric": result.metric, "mode": result.metric_mode, "value": result.best_metric,
+                            "epoch": result.best_epoch,
+                            "split": "val" if job.evaluate_fn is not None else "train (loss; no val split)"},
+        }
+        if not dist.is_main:
+            return summary
+        chosen = result.best_path or result.last_path
+        report = Report(metrics={})
+        if chosen is not None:
+            best, meta = load_model(chosen, dist.device)
+            if job.report is not None:
+                report = job.report(best, meta, out)
+            elif job.evaluate_fn is not None:
+                report = Report(metrics=dict(job.evaluate_fn(best)))
+        summary["metrics"] = report.metrics
+        summary["bad_images_skipped"] = sum(
+            int(getattr(ds, "stats", {}).get("bad_images_skipped", 0)) for ds in (job.train_set, job.val_set) if ds is not None)
+        summary["plots"] = [str(p) for p in report.plots]
+        summary["wall_time_s"] = round(time.perf_counter() - t0, 1)
+        atomic_write_text(out / "summary.json", json.dumps(to_plain(summary, "summary"), indent=2) + "\n")
+        print(_format(summary, report, chosen))
+        return summary
+    finally:
+        if created:
+            cleanup_distributed()
+
+
+def _format(summary: dict[str, Any], report: Report, chosen: Path | None) -> str:
+    sel = summary["selected_by"]
+    value = "n/a" if sel["value"] is None else f"{sel['value']:.4g}"
+    lines = ["", "=" * 72, f"{summary['task']} summary", "=" * 72,
+             f"checkpoint evaluated: {chosen or '-'} (best {sel['metric']} {value} at epoch {sel['epoch']}, "
+             f"chosen on {sel['split']})"]
+    if report.text:
+        lines += ["", report.text.rstrip(), ""]
+    else:
+        numbers = {k: v for k, v in report.metrics.items() if isinstance(v, float)}
+        if numbers:
+            lines.append("metrics of that checkpoint: " + ", ".join(f"{k} {v:.4g}" for k, v in numbers.items()))
+    if summary["bad_images_skipped"]:
+        lines.append(f"skipped {summary['bad_images_skipped']} bad image(s) (the lines above name them)")
+    for p in report.plots:
+        lines.append(f"plot           : {p}")
+    lines += [f"summary        : {Path(summary['output_dir']) / 'summary.json'}",
+              f"last checkpoint: {summary['last_checkpoint']}",
+              f"wall time      : {summary['wall_time_s']:.1f} s"]
+    return "\n".join(lines)
