@@ -10,8 +10,9 @@ a moment in time:
     python tests/_crash_writer.py POINT NTH MODE cli ARG...        (``python -m tasks.faces.search ARG...``)
 
 POINT is one of :data:`POINTS` (or ``-`` for a writer without a trap); it fires inside the NTH call
-(1-based) of ``FaceIndex._commit`` in this process. MODE ``kill``: the process SIGKILLs itself there. MODE ``pause``: it prints ``paused at POINT``
-and waits for the parent, which inspects the gallery and then kills it from outside.
+(1-based) of ``FaceIndex._commit`` in this process. MODE ``kill``: the process SIGKILLs itself there.
+MODE ``pause``: it prints ``paused at POINT`` and waits for the parent, which inspects the gallery and
+then kills it from outside.
 """
 
 from __future__ import annotations
