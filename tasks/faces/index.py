@@ -23,10 +23,6 @@ Faiss index types (all over inner product of L2-normalised embeddings, i.e. cosi
     hnsw  ``IndexHNSWFlat`` behind ``IndexIDMap2``; removal rebuilds the graph
     auto  flat below ``AUTO_IVF_MIN`` faces, ivf above; re-chosen (and the index rebuilt from the
           stored embeddings) as the gallery grows, and ivf is retrained when it has grown 4x.
-
-Fault injection for tests: ``MOBILENET_SUITE_FACES_CRASH_AT=<point>[:<n>]`` SIGKILLs the process at the
-n-th passage (default 1st) of ``index-written``, ``db-written`` (inside the open transaction) or
-``db-committed`` (before old files are removed).
 """
 
 from __future__ import annotations
@@ -36,7 +32,6 @@ import hashlib
 import json
 import math
 import os
-import signal
 import sqlite3
 import tempfile
 import time
@@ -78,21 +73,6 @@ IVF_RETRAIN_GROWTH = 4.0
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 64
-CRASH_ENV = "MOBILENET_SUITE_FACES_CRASH_AT"
-
-_crash_counts: dict[str, int] = {}
-
-
-def _crash_point(name: str) -> None:
-    spec = os.environ.get(CRASH_ENV)
-    if not spec:
-        return
-    point, _, nth = spec.partition(":")
-    if point != name:
-        return
-    _crash_counts[name] = _crash_counts.get(name, 0) + 1
-    if _crash_counts[name] >= int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class FaceIndexError(RuntimeError):
@@ -747,7 +727,6 @@ class FaceIndex:
         """Write generation ``gen``: index file first, then one SQLite transaction that switches to it."""
         name = f"index-{gen:08d}.faiss"
         digest, size = _write_index_file(index, self.directory / name)
-        _crash_point("index-written")
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -768,7 +747,6 @@ class FaceIndex:
             conn.execute("UPDATE state SET generation = ?, index_file = ?, index_sha256 = ?, index_bytes = ?, "
                          "count = ?, index_type = ?, index_params = ? WHERE one = 0",
                          (gen, name, digest, size, count, kind, json.dumps(params)))
-            _crash_point("db-written")
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -776,7 +754,6 @@ class FaceIndex:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.directory / name)
             raise
-        _crash_point("db-committed")
         self._state = self._read_state()
         self._index = index
         self._collect_garbage()
