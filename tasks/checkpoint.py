@@ -227,7 +227,7 @@ CHECKPOINT_FORMAT = 2
 MODEL_BUILDERS: dict[str, tuple[str, str]] = {
     "classifier": ("tasks.classifier", "build_classifier"),
     "detector": ("tasks.detection.build", "build_detector"),
-    "face_embedder": ("tasks.faces.model", "build_face_model"),
+    "face_embedder": ("tasks.faces.model", "face_embedder"),
 }
 
 

@@ -17,15 +17,25 @@ from tasks.engine import NonFiniteLossError
 
 __all__ = ["USER_ERRORS", "run_cli"]
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NonFiniteLossError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
+    NonFiniteLossError,
+)
 
 
-def run_cli(main: Callable[[], Any]) -> None:
-    """Call ``main()``; on a user error print ``error: ...`` to stderr and exit with status 2."""
+def run_cli(main: Callable[[], Any], errors: tuple[type[BaseException], ...] = ()) -> None:
+    """Call ``main()``; on a user error print ``error: ...`` to stderr and exit with status 2.
+
+    Args:
+        main: the command; an integer it returns is the exit status.
+        errors: the command's own user-error types, besides :data:`USER_ERRORS`.
+    """
     try:
-        main()
-    except USER_ERRORS as exc:
+        code = main()
+    except USER_ERRORS + tuple(errors) as exc:
         if "--debug" in sys.argv[1:]:
             raise
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        raise SystemExit(code)

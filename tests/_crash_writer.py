@@ -129,10 +129,16 @@ def main(argv: list[str]) -> int:
     if point != "-":
         install(_Trap(point, int(nth), mode))
     if op == "cli":
-        from tasks.faces.search import _run
+        from tasks.cli import run_cli
+        from tasks.faces.index import FaceIndexError
+        from tasks.faces.search import main as search_main
 
         sys.argv = ["tasks.faces.search", *rest]
-        return _run()
+        try:
+            run_cli(search_main, errors=(FaceIndexError,))
+        except SystemExit as e:
+            return int(e.code or 0)
+        return 0
     idx = FaceIndex.open(rest[0])
     if op == "add":
         start, commits, per = (int(v) for v in rest[1:4])

@@ -11,7 +11,8 @@ import yaml
 
 from datasets.faces import image_to_tensor, load_face_image, scan_identity_folders, write_synthetic_faces
 from tasks.faces import train as train_cli
-from tasks.faces.config import load_config
+from tasks.config import read_yaml_mapping
+from tasks.faces.config import FacesConfig, load_config
 from tasks.faces.embed import embed_paths
 from tasks.faces.losses import collapse_score
 from tasks.faces.model import FaceEmbedder, FaceModelConfig, load_face_model
@@ -53,16 +54,16 @@ def setup(tmp_path_factory):
     cfg = {
         "model": {"alpha": 0.25, "resolution": RES},
         "data": {"augment": False},
-        "sampler": {"identities_per_batch": 4, "images_per_identity": 4, "batches_per_epoch": 20},
-        "train": {"epochs": 2, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0, "seed": 0},
+        "sampler": {"images_per_identity": 4, "batches_per_epoch": 20},
+        "train": {"epochs": 2, "batch_size": 16, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0, "seed": 0},
     }
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     return root, data, teacher, f"torchscript:{path}"
 
 
 def _run(root, data, teacher_spec, out, *extra):
-    return train_cli.main(["--config", str(root / "cfg.yaml"), "--data-root", data["train"], "--val-pairs",
-                           data["pairs"], "--val-root", data["test"], "--teacher", teacher_spec,
+    return train_cli.main(["--config", str(root / "cfg.yaml"), "--data-root", data["train"], "--val-ann",
+                           data["pairs"], "--val-data-root", data["test"], "--teacher", teacher_spec,
                            "--output-dir", str(out), "--device", "cpu", *extra])
 
 
@@ -105,5 +106,5 @@ def test_teacher_size_mismatch_and_missing_teacher(setup, tmp_path):
 
 def test_paper_configs_load():
     for name, alpha, res in (("1.0_160", 1.0, 160), ("1.0_128", 1.0, 128), ("0.75_128", 0.75, 128)):
-        cfg = load_config(f"configs/faces/facenet_distill_{name}.yaml")
+        cfg = FacesConfig.from_dict(read_yaml_mapping(f"configs/faces/facenet_distill_{name}.yaml"))
         assert (cfg.model.alpha, cfg.model.resolution, cfg.loss.name) == (alpha, res, "distill")

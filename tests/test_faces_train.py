@@ -43,14 +43,14 @@ def trained(tmp_path_factory, one_thread):
         "model": {"alpha": 0.25, "resolution": RES, "embedding_dim": 32, "center_crop": 0.7},
         "data": {"synthetic": SYNTH, "augment": False, "eval_batch_size": 128},
         "loss": {"name": "semihard", "margin": 0.2},
-        "sampler": {"identities_per_batch": 16, "images_per_identity": 4, "batches_per_epoch": 30},
-        "train": {"epochs": 4, "optimizer": "adamw", "lr": 0.04, "weight_decay": 0.0001, "warmup_iters": 10,
+        "sampler": {"images_per_identity": 4, "batches_per_epoch": 30},
+        "train": {"epochs": 4, "batch_size": 64, "optimizer": "adamw", "lr": 0.04, "weight_decay": 0.0001, "warmup_iters": 10,
                   "seed": 0},
     }
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     out = root / "run"
     summary = train_cli.main(["--config", str(root / "cfg.yaml"), "--data-root", data["train"],
-                              "--val-pairs", data["pairs"], "--val-root", data["test"],
+                              "--val-ann", data["pairs"], "--val-data-root", data["test"],
                               "--output-dir", str(out), "--device", "cpu"])
     return data, out, summary
 
@@ -63,7 +63,7 @@ def test_training_learns_held_out_identities(trained, capsys):
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     # scored again through the evaluation CLI, on identities never seen in training
     assert evaluate_cli.main(["--pairs", data["pairs"], "--data-root", data["test"], "--checkpoint",
-                              str(out / "best.pt"), "--out", str(out / "eval"), "--device", "cpu"]) == 0
+                              str(out / "best.pt"), "--out-dir", str(out / "eval"), "--device", "cpu"]) == 0
     res = json.loads((out / "eval" / "verification.json").read_text())
     assert res["accuracy"] >= 0.65, res  # chance is 0.5
     assert res["auc"] >= 0.7, res
@@ -97,9 +97,9 @@ def test_search_finds_held_out_photos_of_gallery_identities(trained, tmp_path, c
 def test_checkpoint_and_fingerprint(trained):
     _, out, _ = trained
     ckpt = load_checkpoint(out / "best.pt")
-    assert ckpt["meta"]["face_model"]["embedding_dim"] == 32
+    assert ckpt["meta"]["model"]["args"]["embedding_dim"] == 32 and ckpt["meta"]["task"] == "faces"
     model, fp = load_face_model(out / "best.pt")
-    assert fp == fingerprint(model.state_dict(), FaceModelConfig.from_dict(ckpt["meta"]["face_model"]))
+    assert fp == fingerprint(model.state_dict(), FaceModelConfig.from_dict(ckpt["meta"]["model"]["args"]))
     _, fp_last = load_face_model(out / "last.pt")
     assert (fp == fp_last) == (ckpt["epoch"] == load_checkpoint(out / "last.pt")["epoch"])
     x = torch.rand(3, 3, RES, RES)

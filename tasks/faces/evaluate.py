@@ -26,7 +26,10 @@ from eval.verification import VerificationResult, pair_scores, plot_roc, verific
 from tasks.checkpoint import atomic_write_text
 from tasks.faces.embed import embed_paths
 from tasks.faces.losses import collapse_score
+from tasks.cli import run_cli
+from tasks.distributed import pick_device
 from tasks.faces.model import load_face_model
+from tasks.flags import add_alias, add_eval_flags
 
 __all__ = ["evaluate_pairs", "main"]
 
@@ -58,30 +61,24 @@ def evaluate_pairs(
     return result, {"embedding_spread": collapse_score(torch.from_numpy(emb))}
 
 
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Face verification (LFW protocol) of a face-embedding checkpoint.")
     parser.add_argument("--pairs", required=True, help="LFW-format pairs.txt")
     parser.add_argument("--data-root", required=True, help="folder with <name>/<name>_<i:04d>.jpg images")
-    parser.add_argument("--checkpoint", required=True, help="best.pt / last.pt of tasks.faces.train")
-    parser.add_argument("--out", default=None, help="folder for roc.png and verification.json "
-                                                    "(default: the checkpoint's folder)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    add_eval_flags(parser, batch_size=64)
+    add_alias(parser, "--out", "--out-dir")
     parser.add_argument("--flip", action="store_true", help="average embeddings with the mirrored image's")
-    parser.add_argument("--device", default=_default_device())
     args = parser.parse_args(argv)
     if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    args.device = pick_device(args.device)
 
     t0 = time.perf_counter()
     pairs = read_pairs(args.pairs, args.data_root)
     model, fp = load_face_model(args.checkpoint, args.device)
     result, extra = evaluate_pairs(model, pairs, batch_size=args.batch_size, device=args.device,
                                    flip=args.flip, progress=True)
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent
+    out = Path(args.out_dir) if args.out_dir else Path(args.checkpoint).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
     roc = plot_roc(result, out / "roc.png", title=f"{Path(args.pairs).name}: {Path(args.checkpoint).name}")
     record = {"pairs": str(args.pairs), "data_root": str(args.data_root), "checkpoint": str(args.checkpoint),
@@ -97,4 +94,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_cli(main)

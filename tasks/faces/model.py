@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbone import create_backbone
-from tasks.checkpoint import CheckpointError, load_checkpoint
+from tasks.checkpoint import load_model
+from tasks.config import build_section
 from tasks.faces.losses import MarginSoftmax
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "FaceModelConfig",
     "build_face_model",
     "embedding_state_dict",
+    "face_embedder",
     "fingerprint",
     "load_face_model",
 ]
@@ -80,11 +82,7 @@ class FaceModelConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "face model config") -> FaceModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown model setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(d))
+        return build_section(cls, d, source)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,6 +139,11 @@ def build_face_model(cfg: FaceModelConfig | Mapping[str, Any], **kwargs: Any) ->
     return FaceEmbedder(cfg, **kwargs)
 
 
+def face_embedder(**fields: Any) -> FaceEmbedder:
+    """The embedding network from its config's fields (the builder ``tasks.checkpoint.load_model`` calls)."""
+    return FaceEmbedder(FaceModelConfig.from_dict(fields, source="face model"))
+
+
 def embedding_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The embedding network's tensors of a (training) state dict: the margin head left out."""
     return {k: v for k, v in state.items() if not k.startswith(MARGIN_PREFIX)}
@@ -159,7 +162,7 @@ def fingerprint(state: Mapping[str, Tensor], cfg: FaceModelConfig) -> str:
 
 
 def load_face_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[FaceEmbedder, str]:
-    """Load a checkpoint written by ``tasks.faces.train`` for inference.
+    """A face-embedding checkpoint through the one loader (``tasks.checkpoint.load_model``).
 
     Returns:
         ``(model in eval mode on device, fingerprint)``.
@@ -167,18 +170,5 @@ def load_face_model(path: str | Path, device: str | torch.device = "cpu") -> tup
     Raises:
         FileNotFoundError / CheckpointError: missing, unsafe or not a face-embedding checkpoint.
     """
-    ckpt = load_checkpoint(path, map_location="cpu")
-    meta = ckpt.get("meta") or {}
-    if "model" not in ckpt or "face_model" not in meta:
-        raise CheckpointError(f"checkpoint {path} was not written by tasks.faces.train (no meta.face_model)")
-    try:
-        cfg = FaceModelConfig.from_dict(meta["face_model"], source=f"checkpoint {path}")
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path}: bad face model config: {e}") from e
-    state = embedding_state_dict(ckpt["model"])
-    model = FaceEmbedder(cfg)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path}: weights do not fit the face model {cfg}: {e}") from e
-    return model.to(device).eval(), fingerprint(state, cfg)
+    model, _ = load_model(path, device, task="faces")
+    return model, fingerprint(model.state_dict(), model.cfg)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +27,8 @@ import torch
 from tqdm import tqdm
 
 from datasets.faces import IMAGE_EXTENSIONS, load_face_image, scan_identity_folders
-from tasks.checkpoint import CheckpointError
+from tasks.cli import run_cli
+from tasks.distributed import pick_device
 from tasks.faces.embed import embed_paths, file_sha256
 from tasks.faces.index import INDEX_TYPES, FaceIndex, FaceIndexError
 from tasks.faces.model import FaceEmbedder, load_face_model
@@ -244,13 +244,12 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tasks.faces.search", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def common(sp: argparse.ArgumentParser, model: bool = True) -> None:
         sp.add_argument("--index", required=True, help="gallery folder (faiss index + SQLite)")
         if model:
             sp.add_argument("--checkpoint", help="face model checkpoint (default: the one the gallery was built with)")
-            sp.add_argument("--device", default=device)
+            sp.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
             sp.add_argument("--batch-size", type=int, default=64)
 
     def ingest_opts(sp: argparse.ArgumentParser) -> None:
@@ -303,16 +302,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if getattr(args, "commit_every", 1) < 1:
         raise ValueError(f"--commit-every must be >= 1, got {args.commit_every}")
+    if hasattr(args, "device"):
+        args.device = pick_device(args.device)
     return int(args.func(args))
 
 
-def _run() -> int:
-    try:
-        return main()
-    except (ValueError, FileNotFoundError, FileExistsError, FaceIndexError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    raise SystemExit(_run())
+    run_cli(main, errors=(FaceIndexError,))

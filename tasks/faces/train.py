@@ -30,13 +30,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from backbone import load_pretrained
 from datasets.faces import IdentityFolder, PairList, read_pairs
 from eval.verification import plot_roc
+from tasks.checkpoint import atomic_write_text, checkpoint_meta
 from tasks.cli import run_cli
-from tasks.checkpoint import atomic_write_text
-from tasks.distributed import barrier, init_distributed
-from tasks.engine import fit, seed_everything
-from tasks.faces.config import FacesConfig, load_config
+from tasks.config import read_yaml_mapping
+from tasks.distributed import DistInfo
+from tasks.faces.config import DEFAULT_CONFIG, FacesConfig, load_config
 from tasks.faces.data import PKBatches, TrainAugment, collate_single
 from tasks.faces.evaluate import evaluate_pairs
 from tasks.faces.losses import (
@@ -45,7 +46,9 @@ from tasks.faces.losses import (
     triplet_batch_hard_loss,
     triplet_semihard_loss,
 )
-from tasks.faces.model import FaceEmbedder, load_face_model
+from tasks.faces.model import MARGIN_PREFIX, FaceEmbedder, fingerprint
+from tasks.flags import add_alias, flag_overrides, train_parser
+from tasks.lifecycle import Report, TrainJob, run_training
 
 __all__ = ["FaceLoss", "build_parser", "main", "resolve_config"]
 
@@ -54,76 +57,46 @@ COLLAPSE_PATIENCE = 20  # consecutive collapsed batches before warning
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tasks.faces.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="experiment YAML (default: configs/faces/synthetic.yaml)")
-    p.add_argument("--data-root", help="identity folders root/<identity>/<image>; omit for synthetic identities")
-    p.add_argument("--val-pairs", help="LFW-format pairs.txt scored after every epoch")
-    p.add_argument("--val-root", help="image folder of --val-pairs")
-    p.add_argument("--output-dir", help="default: runs/faces/<config name>")
-    p.add_argument("--teacher", help="distillation teacher spec (torchscript:/export:/onnx:/timm:/module:)")
-    p.add_argument("--teacher-input-size", type=int, help="teacher input side (if its files do not say)")
-    p.add_argument("--teacher-mean", type=float, nargs=3, metavar=("R", "G", "B"), help="teacher input mean (0..1)")
-    p.add_argument("--teacher-std", type=float, nargs=3, metavar=("R", "G", "B"), help="teacher input std (0..1)")
-    p.add_argument("--teacher-config", help="teacher YAML (input_size, mean, std, output_index, ...)")
-    p.add_argument("--loss", help="semihard | batchhard | cosface | arcface | distill, or '+'-joined "
+    p = train_parser("python -m tasks.faces.train", __doc__.split("\n\n")[0],
+                     default_config="configs/faces/synthetic.yaml")
+    g = p.add_argument_group("faces (--data-root: identity folders root/<identity>/<image>; --val-ann: an "
+                             "LFW-format pairs.txt over the images under --val-data-root)")
+    g.add_argument("--teacher", help="distillation teacher spec (torchscript:/export:/onnx:/timm:/module:)")
+    g.add_argument("--teacher-input-size", type=int, help="teacher input side (if its files do not say)")
+    g.add_argument("--teacher-mean", type=float, nargs=3, metavar=("R", "G", "B"), help="teacher input mean (0..1)")
+    g.add_argument("--teacher-std", type=float, nargs=3, metavar=("R", "G", "B"), help="teacher input std (0..1)")
+    g.add_argument("--teacher-config", help="teacher YAML (input_size, mean, std, output_index, ...)")
+    g.add_argument("--loss", help="semihard | batchhard | cosface | arcface | distill, or '+'-joined "
                                   "(e.g. distill+semihard)")
-    p.add_argument("--margin", type=float, help="triplet margin (FaceNet alpha)")
-    p.add_argument("--backbone", help="mobilenet_v1 or a timm model name")
-    p.add_argument("--alpha", type=float, help="MobileNet width multiplier")
-    p.add_argument("--resolution", type=int, help="input side in pixels")
-    p.add_argument("--embedding-dim", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="P x K: identities per batch times images per identity")
-    p.add_argument("--images-per-identity", type=int, help="K")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--workers", type=int, help="data loader workers")
-    p.add_argument("--resume", help="checkpoint (last.pt) to continue from")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
-    p.add_argument("--amp", action="store_true", help="mixed precision (fp16 on CUDA, bf16 on CPU)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is faster on a "
+    g.add_argument("--margin", type=float, help="triplet margin (FaceNet alpha)")
+    g.add_argument("--embedding-dim", type=int)
+    g.add_argument("--images-per-identity", type=int, help="K of the P x K batches (--batch-size = P x K)")
+    g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is faster on a "
                                                "busy shared machine)")
-    p.add_argument("--seed", type=int)
+    add_alias(p, "--val-pairs", "--val-ann")
+    add_alias(p, "--val-root", "--val-data-root")
     return p
 
 
+_TASK_FLAGS = {
+    "margin": "loss.margin", "embedding_dim": "model.embedding_dim",
+    "images_per_identity": "sampler.images_per_identity", "teacher": "loss.teacher",
+    "teacher_input_size": "loss.teacher_input_size", "teacher_mean": "loss.teacher_mean",
+    "teacher_std": "loss.teacher_std", "teacher_config": "loss.teacher_config", "loss": "loss.name",
+}
+
+
 def resolve_config(args: argparse.Namespace) -> FacesConfig:
-    """The YAML config with the command-line flags applied on top."""
-    cfg = load_config(args.config)
-    if args.data_root:
-        cfg.data.root = args.data_root
-        if not (args.val_pairs or args.val_root):  # the synthetic validation set does not fit real data
-            cfg.data.val_pairs = cfg.data.val_root = None
-    if args.val_pairs or args.val_root:
-        cfg.data.val_pairs, cfg.data.val_root = args.val_pairs, args.val_root
-    for flag, section, key in (
-        ("backbone", cfg.model, "backbone"), ("alpha", cfg.model, "alpha"), ("resolution", cfg.model, "resolution"),
-        ("embedding_dim", cfg.model, "embedding_dim"), ("epochs", cfg.train, "epochs"), ("lr", cfg.train, "lr"),
-        ("seed", cfg.train, "seed"), ("workers", cfg.data, "num_workers"), ("margin", cfg.loss, "margin"),
-        ("images_per_identity", cfg.sampler, "images_per_identity"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            setattr(section, key, value)
-    for flag in ("teacher_input_size", "teacher_mean", "teacher_std", "teacher_config"):
-        if getattr(args, flag) is not None:
-            setattr(cfg.loss, flag, getattr(args, flag))
-    if args.teacher:
-        cfg.loss.teacher = args.teacher
-        if args.loss is None and "distill" not in cfg.loss.parts():
-            cfg.loss.name = "distill"
-    if args.loss is not None:
-        cfg.loss.name = args.loss
-    if args.batch_size is not None:
-        k = cfg.sampler.images_per_identity
-        if args.batch_size % k or args.batch_size // k < 2:
-            raise ValueError(f"--batch-size {args.batch_size} must be a multiple of images per identity K={k} "
-                             "holding at least 2 identities (set K with --images-per-identity)")
-        cfg.sampler.identities_per_batch = args.batch_size // k
-    cfg.train.amp = cfg.train.amp or args.amp
-    cfg.model = type(cfg.model).from_dict(cfg.model.to_dict(), source="command line")  # re-validate
-    cfg.train = type(cfg.train).from_dict(cfg.train.to_dict(), source="command line")
-    cfg.validate("command line")
-    return cfg
+    """The YAML config with the command-line flags applied on top, validated once."""
+    overrides = flag_overrides(args, _TASK_FLAGS)
+    if args.data_root and not (args.val_ann or args.val_data_root):
+        # the synthetic validation pairs belong to the synthetic identities, not to the user's data
+        overrides["data"].update(val_ann=None, val_root=None)
+    if args.teacher and args.loss is None:
+        base = FacesConfig.from_dict(read_yaml_mapping(args.config or DEFAULT_CONFIG), source="config")
+        if "distill" not in base.loss.parts():
+            overrides["loss"]["name"] = "distill"
+    return load_config(args.config, overrides)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,24 +189,17 @@ def load_embedding_teacher(cfg: FacesConfig, device: torch.device, *, dim_given:
 # main
 
 
-def _model_keys(config_path: str) -> set[str]:
-    import yaml
-
-    data = yaml.safe_load(Path(config_path).read_text()) or {}
-    return set((data.get("model") or {}).keys())
-
-
-def _data(cfg: FacesConfig, is_main: bool) -> tuple[IdentityFolder, PairList | None]:
+def _prepare(cfg: FacesConfig, dist: DistInfo) -> tuple[IdentityFolder, PairList | None]:
     if cfg.data.root is None:
         from datasets.faces import ensure_synthetic_faces
 
-        paths = ensure_synthetic_faces(**cfg.data.synthetic, progress=is_main)
+        paths = ensure_synthetic_faces(**cfg.data.synthetic, progress=dist.is_main)
         cfg.data.root = paths["train"]
-        if cfg.data.val_pairs is None:
-            cfg.data.val_pairs, cfg.data.val_root = paths["pairs"], paths["test"]
+        if cfg.data.val_ann is None:
+            cfg.data.val_ann, cfg.data.val_root = paths["pairs"], paths["test"]
     train = IdentityFolder(cfg.data.root, resolution=cfg.model.resolution, center_crop=cfg.model.center_crop,
                            min_images=cfg.data.min_images)
-    pairs = read_pairs(cfg.data.val_pairs, cfg.data.val_root) if cfg.data.val_pairs else None
+    pairs = read_pairs(cfg.data.val_ann, cfg.data.val_root) if cfg.data.val_ann else None
     if pairs is not None:
         overlap = {s.path for s in train.samples} & set(pairs.unique_paths())
         if overlap:
@@ -242,87 +208,77 @@ def _data(cfg: FacesConfig, is_main: bool) -> tuple[IdentityFolder, PairList | N
     return train, pairs
 
 
+def _build(cfg: FacesConfig, data: tuple[IdentityFolder, PairList | None], dist: DistInfo,
+           *, dim_given: bool) -> TrainJob:
+    train, pairs = data
+    parts = cfg.loss.parts()
+    teacher = load_embedding_teacher(cfg, dist.device, dim_given=dim_given) if "distill" in parts else None
+    margin_kind = next((p for p in parts if p in ("cosface", "arcface")), None)
+    batches = PKBatches(train, cfg.identities_per_batch, cfg.sampler.images_per_identity,
+                        batches_per_epoch=cfg.sampler.batches_per_epoch,
+                        augment=TrainAugment() if cfg.data.augment else None, seed=cfg.train.seed)
+    network = cfg.model.network()
+    model = FaceEmbedder(network, num_classes=len(train.identities) if margin_kind else 0,
+                         margin_kind=margin_kind or "cosface", margin_scale=cfg.loss.scale,
+                         margin_value=cfg.loss.softmax_margin)
+    if cfg.model.pretrained_backbone:
+        load_pretrained(model.backbone, cfg.model.pretrained_backbone)
+    n_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("margin."))
+    lines = [f"train: {len(train)} images of {len(train.identities)} identities in {cfg.data.root}",
+             f"model: {network.backbone} alpha {network.alpha} @ {network.resolution}px -> "
+             f"{network.embedding_dim}-d, {n_params / 1e6:.2f} M parameters | loss {cfg.loss.name} | "
+             f"batches {cfg.identities_per_batch} x {cfg.sampler.images_per_identity}, {len(batches)} per epoch"]
+    if teacher is not None:
+        lines.append(f"teacher: {teacher.describe()}")
+    if pairs is not None:
+        lines.append(f"val:   {len(pairs)} pairs ({int(pairs.same.sum())} same) from {cfg.data.val_ann}")
+    else:
+        lines.append("no validation pairs: best.pt is chosen by the training loss, and no accuracy is reported")
+    loss_fn = FaceLoss(cfg, teacher, verbose=dist.is_main)
+    meta = checkpoint_meta("faces", "face_embedder", network.to_dict(), resolution=network.resolution,
+                           labels=train.identities, train_only=[MARGIN_PREFIX], center_crop=network.center_crop,
+                           loss=cfg.loss.name)
+    job = TrainJob(model=model, train_set=batches, loss_fn=loss_fn, meta=meta, collate_fn=collate_single,
+                   batch_size=1, lines=lines)
+    if pairs is None:
+        return job
+
+    def evaluate_fn(m: nn.Module) -> dict[str, float]:
+        result, extra = evaluate_pairs(m, pairs, batch_size=cfg.data.eval_batch_size, device=dist.device)
+        return {**result.metrics(), **extra}
+
+    def report(best: nn.Module, meta: dict[str, Any], out: Path) -> Report:
+        vr, extra = evaluate_pairs(best, pairs, batch_size=cfg.data.eval_batch_size, device=dist.device)
+        roc = plot_roc(vr, out / "roc.png", title="held-out verification: best.pt")
+        fp = fingerprint(best.state_dict(), best.cfg)
+        record = {"checkpoint": str(out / "best.pt"), "fingerprint": fp, **vr.metrics(), **extra}
+        atomic_write_text(out / "verification.json", json.dumps(record, indent=2) + "\n")
+        text = (f"verification on {len(pairs)} held-out pairs ({cfg.data.val_ann}):\n{vr.summary()}\n"
+                f"embedding spread : {extra['embedding_spread']:.3f}")
+        if loss_fn.warned:
+            text += f"\nwarning: the embeddings collapsed during training (last batch spread {loss_fn.last_spread:.3f})"
+        return Report(metrics={**vr.metrics(), **extra}, text=text, plots=[roc])
+
+    job.evaluate_fn, job.metric, job.metric_mode, job.report = evaluate_fn, "accuracy", "max", report
+    return job
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    t0 = time.perf_counter()
     args = build_parser().parse_args(argv)
     cfg = resolve_config(args)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    config_name = Path(args.config).stem if args.config else "synthetic"
+    config_name = Path(args.config).stem if args.config else DEFAULT_CONFIG.stem
     output_dir = Path(args.output_dir or Path("runs") / "faces" / config_name)
-
-    dist = init_distributed(device)
-    if not dist.is_main:  # rank 0 writes the synthetic set once; the others wait and read it
-        barrier(dist)
-    train, pairs = _data(cfg, dist.is_main)
-    if dist.is_main:
-        barrier(dist)
-    parts = cfg.loss.parts()
-    teacher = None
-    if "distill" in parts:
-        given = args.embedding_dim is not None or (
-            args.config is not None and "embedding_dim" in _model_keys(args.config))
-        teacher = load_embedding_teacher(cfg, dist.device, dim_given=given)
-    margin_kind = next((p for p in parts if p in ("cosface", "arcface")), None)
-    seed_everything(cfg.train.seed + dist.rank)  # the model's initial weights too, not only training
-    batches = PKBatches(train, cfg.sampler.identities_per_batch, cfg.sampler.images_per_identity,
-                        batches_per_epoch=cfg.sampler.batches_per_epoch,
-                        augment=TrainAugment() if cfg.data.augment else None, seed=cfg.train.seed)
-    model = FaceEmbedder(cfg.model, num_classes=len(train.identities) if margin_kind else 0,
-                         margin_kind=margin_kind or "cosface", margin_scale=cfg.loss.scale,
-                         margin_value=cfg.loss.softmax_margin)
-    if dist.is_main:
-        n_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("margin."))
-        print(f"train: {len(train)} images of {len(train.identities)} identities in {cfg.data.root}")
-        print(f"model: {cfg.model.backbone} alpha {cfg.model.alpha} @ {cfg.model.resolution}px -> "
-              f"{cfg.model.embedding_dim}-d, {n_params / 1e6:.2f} M parameters | loss {cfg.loss.name} | "
-              f"batches {cfg.sampler.identities_per_batch} x {cfg.sampler.images_per_identity}, "
-              f"{len(batches)} per epoch")
-        if teacher is not None:
-            print(f"teacher: {teacher.describe()}")
-        if pairs is not None:
-            print(f"val:   {len(pairs)} pairs ({int(pairs.same.sum())} same) from {cfg.data.val_pairs}")
-        else:
-            print("no validation pairs: best.pt is chosen by the training loss, and no accuracy is reported")
-
-    evaluate_fn = None
-    if pairs is not None:
-        cfg.train.metric, cfg.train.metric_mode = "accuracy", "max"
-
-        def evaluate_fn(m: nn.Module) -> dict[str, float]:
-            result, extra = evaluate_pairs(m, pairs, batch_size=cfg.data.eval_batch_size, device=dist.device)
-            return {**result.metrics(), **extra}
-    else:
-        cfg.train.metric, cfg.train.metric_mode = "loss", "min"
-
-    loss_fn = FaceLoss(cfg, teacher, verbose=dist.is_main)
-    meta = {"task": "faces", "face_model": cfg.model.to_dict(), "identities": list(train.identities),
-            "loss": cfg.loss.name}
-    result = fit(model, batches, cfg=cfg.train, batch_size=1, output_dir=output_dir, loss_fn=loss_fn,
-                 evaluate_fn=evaluate_fn, collate_fn=collate_single, num_workers=cfg.data.num_workers,
-                 device=dist.device, resume=args.resume, meta=meta, config_dict=cfg.to_dict())
-    summary: dict[str, Any] = {"best_checkpoint": str(result.best_path), "last_checkpoint": str(result.last_path),
-                               "output_dir": str(output_dir)}
-    if not dist.is_main:
-        return summary
-    if loss_fn.warned:
-        print(f"warning: the embeddings collapsed during training (last batch spread {loss_fn.last_spread:.3f})")
-    if pairs is not None and result.best_path is not None:
-        best, fp = load_face_model(result.best_path, dist.device)
-        vr, extra = evaluate_pairs(best, pairs, batch_size=cfg.data.eval_batch_size, device=dist.device)
-        plot_roc(vr, output_dir / "roc.png", title=f"held-out verification: {Path(result.best_path).name}")
-        record = {"checkpoint": str(result.best_path), "fingerprint": fp, **vr.metrics(), **extra}
-        atomic_write_text(output_dir / "verification.json", json.dumps(record, indent=2) + "\n")
-        print(f"\nverification of {result.best_path} on {len(pairs)} held-out pairs ({cfg.data.val_pairs}):")
-        print(vr.summary())
-        print(f"embedding spread : {extra['embedding_spread']:.3f}")
-        print(f"ROC plot         : {output_dir / 'roc.png'}")
-        summary.update(vr.metrics(), **extra)
-    summary["wall_time_s"] = time.perf_counter() - t0
-    print(f"total time       : {summary['wall_time_s']:.1f} s")
+    # the student's embedding size follows the teacher's unless the user set it
+    dim_given = args.embedding_dim is not None or (
+        args.config is not None and "embedding_dim" in (read_yaml_mapping(args.config).get("model") or {}))
+    summary = run_training("faces", cfg, output_dir=output_dir, prepare=_prepare,
+                           build=lambda c, d, dist: _build(c, d, dist, dim_given=dim_given),
+                           device=args.device, resume=args.resume)
+    summary.update(summary.get("metrics", {}))
     return summary
 
 
