@@ -40,7 +40,7 @@ import torch
 import yaml
 
 from distill.losses import attribute_distillation_loss
-from distill.student import build_student, student_spec
+from tasks.classifier import build_classifier
 from distill.teachers import load_teacher
 from datasets.images import IMAGENET_MEAN, IMAGENET_STD
 
@@ -88,7 +88,7 @@ def run_benchmark(*, teacher_spec: str | None = None, arch: str = "resnet18", te
         torch.manual_seed(0)
         images = torch.randn(batch_size, 3, resolution, resolution, device=dev)
         width = teacher(images[:2], mean=IMAGENET_MEAN, std=IMAGENET_STD).shape[1]
-        student = build_student(student_spec(alpha=alpha, num_outputs=width)).to(dev)
+        student = build_classifier(num_outputs=width, alpha=alpha).to(dev)
         opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
         cached = teacher(images, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 

@@ -70,9 +70,10 @@ def ensure_default_teacher(paths: dict[str, str], *, cache_dir: str | None = Non
     outputs), ``info.json`` (its validation mean AP, training time) and the training run's
     ``metrics.jsonl``.
     """
-    from tasks.attributes.model import build_attribute_model
-    from tasks.attributes.train import evaluate_attributes, train_attribute_model
-    from tasks.engine import EngineConfig
+    from distill.losses import masked_bce_with_logits
+    from eval.attributes import mean_average_precision
+    from tasks.classifier import build_classifier, predict_outputs
+    from tasks.engine import EngineConfig, fit
 
     cache = cache_dir or default_cache_dir()
     final = _teacher_dir(cache, paths["root"])
@@ -89,17 +90,25 @@ def ensure_default_teacher(paths: dict[str, str], *, cache_dir: str | None = Non
         train = AttributeDataset(paths["labeled_images"], paths["labeled_labels"], train_tf)
         val = AttributeDataset(paths["val_images"], paths["val_labels"], eval_tf)
         names = train.attribute_names
-        model = build_attribute_model(len(names), backbone=t["arch"])
+        model = build_classifier(num_outputs=len(names), backbone=t["arch"])
+        loader = torch.utils.data.DataLoader(val, batch_size=64, shuffle=False)
+
+        def loss_fn(net: torch.nn.Module, batch: dict[str, Any], dev: torch.device) -> dict[str, torch.Tensor]:
+            logits = net(batch["image"].to(dev, non_blocking=True))
+            return {"bce": masked_bce_with_logits(logits, batch["target"].to(dev, non_blocking=True).float())}
+
+        def val_ap(net: torch.nn.Module) -> Any:
+            scores, targets, _ = predict_outputs(net, loader, device)
+            return mean_average_precision(scores, targets, names)
+
         cfg = EngineConfig(epochs=t["epochs"], optimizer="adamw", lr=t["lr"], weight_decay=t["weight_decay"],
                            warmup_iters=20, eval_every=t["epochs"], metric="mean_ap", metric_mode="max",
                            seed=t["seed"], log_every=5)
         print(f"default teacher: training timm {t['arch']} at {t['input_size']} px on {len(train)} labeled "
               f"faces for {t['epochs']} epochs (once; cached in {final})", flush=True)
-        train_attribute_model(model, train, val, attribute_names=names, cfg=cfg, batch_size=t["batch_size"],
-                              output_dir=tmp / "run", device=device,
-                              meta={"task": "attributes", "attribute_names": names})
-        loader = torch.utils.data.DataLoader(val, batch_size=64, shuffle=False)
-        ap = evaluate_attributes(model, loader, names, device)
+        fit(model, train, cfg=cfg, batch_size=t["batch_size"], output_dir=tmp / "run", loss_fn=loss_fn,
+            evaluate_fn=lambda net: {"mean_ap": val_ap(net).mean_ap}, device=device, meta={"labels": names})
+        ap = val_ap(model)
         model.eval().cpu()
         with warnings.catch_warnings():
             # TorchScript is deprecated in recent PyTorch, yet it is how frozen in-house models arrive.

@@ -12,6 +12,7 @@ reads any classifier checkpoint.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -22,9 +23,65 @@ from tqdm import tqdm
 
 from backbone import create_backbone, load_pretrained, mobilenet_v1
 
-__all__ = ["build_classifier", "classifier_spec", "predict_outputs"]
+__all__ = ["ClassifierModelConfig", "ImageDataConfig", "build_classifier", "classifier_spec", "predict_outputs"]
 
 _OURS = ("mobilenet_v1", "mobilenetv1")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ClassifierModelConfig:
+    """The ``model`` section of every classifier task (attributes, distillation, fine-grained, geolocation)."""
+
+    backbone: str = "mobilenet_v1"
+    alpha: float = 1.0
+    resolution: int = 224
+    dropout: float = 0.0
+    pretrained_backbone: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.alpha > 0:
+            raise ValueError(f"model.alpha={self.alpha!r}: must be > 0")
+        if self.resolution < 32:
+            raise ValueError(f"model.resolution={self.resolution!r}: must be >= 32")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.dropout={self.dropout!r}: must be in [0, 1)")
+
+    def build(self, num_outputs: int) -> nn.Module:
+        return build_classifier(num_outputs=num_outputs, backbone=self.backbone, alpha=self.alpha,
+                                dropout=self.dropout, pretrained_backbone=self.pretrained_backbone)
+
+    def spec(self, num_outputs: int) -> dict[str, Any]:
+        return classifier_spec(num_outputs=num_outputs, backbone=self.backbone, alpha=self.alpha,
+                               dropout=self.dropout)
+
+
+@dataclass
+class ImageDataConfig:
+    """The ``data`` fields every image-classifier task shares; a task's data section adds its own.
+
+    ``workers`` None: 4 on CUDA, 0 on the CPU (where worker processes compete with the training threads).
+    """
+
+    root: str | None = None
+    ann: str | None = None
+    val_root: str | None = None
+    val_ann: str | None = None
+    val_fraction: float = 0.1  # held out of the training images when there is no validation split
+    skip_bad_images: bool = False
+    augment: bool = False
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"data.val_fraction={self.val_fraction!r}: must be in (0, 1)")
+        if any(not v > 0 for v in self.std):
+            raise ValueError(f"data.std={list(self.std)!r}: must be > 0")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"data.workers={self.workers!r}: must be >= 0")
 
 
 def classifier_spec(*, num_outputs: int, backbone: str = "mobilenet_v1", alpha: float = 1.0,

@@ -142,7 +142,17 @@ def build_section(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T
     for key in data:
         if key not in known:
             raise ValueError(f"{where}: unknown key {key!r}{_suggest(key, known)}; known: {sorted(known)}")
-    values = {key: _check(value, hints.get(key, Any), f"{where}.{key}") for key, value in data.items()}
+    defaults = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        tp = hints.get(key, Any)
+        if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+            # a partial section keeps the parent's defaults for it (e.g. a task's own EngineConfig defaults)
+            f = defaults[key]
+            base = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(base):
+                value = deep_merge(dataclasses.asdict(base), value)
+        values[key] = _check(value, tp, f"{where}.{key}")
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:

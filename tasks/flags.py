@@ -13,6 +13,7 @@ task's sectioned config (:mod:`tasks.config`), the same key in every task::
     --resolution       model.resolution  input size (the resolution multiplier rho)
     --pretrained-backbone model.pretrained_backbone   state-dict path or "timm"
     --epochs --lr --seed --batch-size --amp   train.*   (tasks.engine.EngineConfig)
+    --optimizer --weight-decay --schedule --warmup-iters --eval-every   train.*
 
 plus ``--config`` (the YAML), ``--output-dir``, ``--resume`` and ``--device``, which say where and how
 a run happens rather than what it computes. Evaluate, predict and export commands take
@@ -50,6 +51,11 @@ COMMON_TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "lr": ("train.lr", float, "peak learning rate"),
     "batch_size": ("train.batch_size", int, "images per batch and process"),
     "seed": ("train.seed", int, "seed of the initial weights, data order and augmentation"),
+    "optimizer": ("train.optimizer", str, "sgd, rmsprop (the paper's) or adamw"),
+    "weight_decay": ("train.weight_decay", float, "weight decay (not on depthwise filters, BN and biases)"),
+    "schedule": ("train.schedule", str, "cosine, step or constant (per iteration, after warmup)"),
+    "warmup_iters": ("train.warmup_iters", int, "linear warmup iterations"),
+    "eval_every": ("train.eval_every", int, "evaluate (and maybe save best.pt) every this many epochs"),
 }
 
 

@@ -30,7 +30,7 @@ from tasks.config import config_to_dict
 from tasks.distributed import DistInfo, cleanup_distributed, init_distributed, pick_device, rank_zero_first
 from tasks.engine import EvaluateFn, LossFn, fit, seed_everything
 
-__all__ = ["Report", "TrainJob", "run_training"]
+__all__ = ["Report", "TrainJob", "resolve_workers", "run_training"]
 
 
 @dataclass
@@ -41,11 +41,13 @@ class Report:
         metrics: numbers for ``summary.json`` (JSON-able).
         text: the task's own block of the printed summary (a COCO table, an AP table, ...).
         plots: the PNGs it wrote.
+        extra: more top-level entries of ``summary.json`` (e.g. a distillation's cost figures).
     """
 
     metrics: dict[str, Any]
     text: str = ""
     plots: list[Path] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -126,7 +128,7 @@ def run_training(
         result = fit(
             job.model, job.train_set, cfg=cfg.train, batch_size=job.batch_size or cfg.train.batch_size, output_dir=out,
             loss_fn=job.loss_fn, evaluate_fn=job.evaluate_fn, collate_fn=job.collate_fn,
-            num_workers=cfg.data.workers, device=dist.device, resume=resume, meta=job.meta,
+            num_workers=resolve_workers(cfg.data.workers, dist), device=dist.device, resume=resume, meta=job.meta,
             config_dict=config_to_dict(cfg), **({"batch_sampler": job.batch_sampler} if job.batch_sampler else {}),
         )
         summary: dict[str, Any] = {
@@ -149,6 +151,7 @@ def run_training(
                 report = job.report(best, meta, out)
             elif job.evaluate_fn is not None:
                 report = Report(metrics=dict(job.evaluate_fn(best)))
+        summary.update(report.extra)
         summary["metrics"] = report.metrics
         summary["bad_images_skipped"] = sum(
             int(getattr(ds, "stats", {}).get("bad_images_skipped", 0)) for ds in (job.train_set, job.val_set) if ds is not None)
@@ -160,6 +163,13 @@ def run_training(
     finally:
         if created:
             cleanup_distributed()
+
+
+def resolve_workers(workers: int | None, dist: DistInfo) -> int:
+    """``data.workers``; None: 4 on CUDA, 0 on the CPU (workers there compete with the training threads)."""
+    if workers is not None:
+        return workers
+    return 4 if dist.device.type == "cuda" else 0
 
 
 def _format(summary: dict[str, Any], report: Report, chosen: Path | None) -> str:

@@ -128,3 +128,14 @@ def test_old_spellings_warn_and_set_the_new_flag():
 def test_epochs_zero_is_a_user_error(tmp_path):
     with pytest.raises(ValueError, match="epochs=0"):
         load_config(Toy, None, overrides=flag_overrides(argparse.Namespace(epochs=0)))
+
+
+@dataclass
+class WithOwnDefaults:
+    train: EngineConfig = field(default_factory=lambda: EngineConfig(optimizer="adamw", lr=0.004, epochs=7))
+
+
+def test_a_partial_section_keeps_the_tasks_own_defaults():
+    cfg = load_config(WithOwnDefaults, None, overrides={"train": {"epochs": 2}})
+    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.epochs) == ("adamw", 0.004, 2)
+    assert load_config(WithOwnDefaults, None).train.optimizer == "adamw"

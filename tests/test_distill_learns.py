@@ -16,8 +16,8 @@ from datasets.attributes import AttributeDataset, read_attribute_file, write_att
 from datasets.faces_synth import ensure_face_attributes
 from datasets.images import build_image_transform
 from distill import train as distill_train
-from tasks.attributes.train import train_attribute_model
-from tasks.engine import EngineConfig
+from tasks.attributes.model import attribute_loss
+from tasks.engine import EngineConfig, fit
 
 # Attributes a 0.25 MobileNet-64 picks up within a test's budget (thin glasses, earrings and
 # cheek colour need far more steps from scratch).
@@ -68,10 +68,8 @@ def test_student_reaches_teacher_mean_ap(tmp_path):
     val = AttributeDataset(paths["val_images"], val_labels, tf)
     torch.manual_seed(0)
     teacher = PlainTeacher(len(ATTRS))
-    cfg = EngineConfig(epochs=4, optimizer="adamw", lr=3e-3, weight_decay=0.0, warmup_iters=5,
-                       metric="mean_ap", metric_mode="max", eval_every=4)
-    train_attribute_model(teacher, train, val, attribute_names=ATTRS, cfg=cfg, batch_size=32,
-                          output_dir=tmp_path / "teacher_run", device=torch.device("cpu"), meta={})
+    cfg = EngineConfig(epochs=4, batch_size=32, optimizer="adamw", lr=3e-3, weight_decay=0.0, warmup_iters=5)
+    fit(teacher, train, cfg=cfg, output_dir=tmp_path / "teacher_run", loss_fn=attribute_loss, device="cpu")
     teacher.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -81,7 +79,7 @@ def test_student_reaches_teacher_mean_ap(tmp_path):
     # 2. Distill into a 0.25 MobileNet-64 from the unlabeled split only.
     summary = distill_train.main([
         "--teacher", f"torchscript:{tmp_path / 'teacher.pt'}", "--task", "attributes",
-        "--images", paths["unlabeled_images"], "--val-images", paths["val_images"], "--val-labels", val_labels,
+        "--data-root", paths["unlabeled_images"], "--val-data-root", paths["val_images"], "--val-ann", val_labels,
         "--alpha", "0.25", "--resolution", str(SIZE), "--epochs", "10", "--batch-size", "16", "--lr", "0.005",
         "--cache-teacher", "--output-dir", str(tmp_path / "student"), "--device", "cpu",
     ])

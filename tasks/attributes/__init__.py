@@ -2,6 +2,6 @@
 training (``python -m tasks.attributes.train``) and per-attribute AP evaluation
 (``python -m tasks.attributes.evaluate``). Distillation from a teacher is ``python -m distill.train``."""
 
-from tasks.attributes.model import build_attribute_model, predict_outputs
+from tasks.attributes.model import attribute_loss, build_attribute_model
 
-__all__ = ["build_attribute_model", "predict_outputs"]
+__all__ = ["attribute_loss", "build_attribute_model"]

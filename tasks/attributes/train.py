@@ -1,36 +1,64 @@
-"""Supervised face-attribute training (MobileNets paper, Section 4.5, Table 12) with the shared engine.
+"""Supervised face-attribute training (MobileNets paper, Section 4.5, Table 12) on the task scaffold.
 
-    python -m tasks.attributes.train --images DIR --labels FILE [--val-images DIR --val-labels FILE]
+    python -m tasks.attributes.train --data-root DIR --ann FILE [--val-data-root DIR --val-ann FILE]
         [--partition list_eval_partition.txt] --alpha 0.5 --resolution 128 --epochs N --output-dir OUT
 
-Labels are CelebA's ``list_attr_celeba.txt`` (1/-1) or a CSV (1/0/empty); unknown labels are left out
-of the loss and of each attribute's AP. Validation: ``--val-labels`` (images under ``--val-images``,
-default ``--images``), else CelebA's partition file (train = 0, val = 1), else a held-out tenth.
-The paper distills Table 12 from a teacher (``python -m distill.train``); this trains the same
-multi-label MobileNet on labels, e.g. as a baseline or to make a teacher.
+Labels (``--ann``) are CelebA's ``list_attr_celeba.txt`` (1/-1) or a CSV (1/0/empty); unknown labels are
+left out of the loss and of each attribute's AP. Validation: ``--val-ann`` (images under
+``--val-data-root``, default ``--data-root``), else CelebA's partition file (train = 0, val = 1), else a
+held-out tenth. best.pt is chosen by validation mean AP. The paper distills Table 12 from a teacher
+(``python -m distill.train``); this trains the same multi-label MobileNet on labels, e.g. as a
+baseline or to make a teacher.
 """
-
 from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from datasets.attributes import AttributeDataset
-from datasets.images import IMAGENET_MEAN, IMAGENET_STD, build_image_transform, split_holdout
-from distill.cli import add_engine_flags, build_engine_config, parse_with_config, pick_device
-from distill.student import student_spec
+from datasets.images import build_image_transform, split_holdout
 from eval.attributes import AttributeAP, format_ap_table, mean_average_precision
-from tasks.attributes.model import attribute_loss, build_attribute_model, predict_outputs
-from tasks.engine import EngineConfig, FitResult, fit, seed_everything
+from tasks.checkpoint import checkpoint_meta
+from tasks.classifier import ClassifierModelConfig, ImageDataConfig, predict_outputs
+from tasks.cli import run_cli
+from tasks.config import load_config
+from tasks.distributed import DistInfo
+from tasks.engine import EngineConfig
+from tasks.flags import add_alias, flag_overrides, train_parser
+from tasks.lifecycle import Report, TrainJob, resolve_workers, run_training
 
-__all__ = ["build_parser", "evaluate_attributes", "main", "train_attribute_model"]
+from .model import attribute_loss
+
+__all__ = ["AttributesConfig", "build_parser", "evaluate_attributes", "main", "resolve_config"]
+
+
+@dataclass
+class AttributesData(ImageDataConfig):
+    partition: str | None = None  # CelebA list_eval_partition.txt: train on 0, validate on 1
+    eval_batch_size: int = 64
+
+
+@dataclass
+class AttributesConfig:
+    model: ClassifierModelConfig = field(default_factory=ClassifierModelConfig)
+    data: AttributesData = field(default_factory=AttributesData)
+    # From scratch, AdamW at 1e-2 is what learned on the drawn faces (0.25 MobileNet-64, 800 images, 10 epochs:
+    # held-out mean AP 0.51 vs 0.33 with RMSprop 1e-2 and 0.36 with SGD 0.1; chance 0.28). The Table 12
+    # configs keep the paper's RMSprop.
+    train: EngineConfig = field(default_factory=lambda: EngineConfig(
+        epochs=20, batch_size=32, optimizer="adamw", lr=0.01, weight_decay=4e-5, warmup_iters=100))
+
+    def validate(self) -> None:
+        if not self.data.root or not self.data.ann:
+            raise ValueError("data.root and data.ann are required (--data-root DIR --ann LABELS)")
+        if self.data.val_root and not self.data.val_ann:
+            raise ValueError("data.val_root needs data.val_ann (--val-ann LABELS)")
 
 
 def evaluate_attributes(model: torch.nn.Module, loader: DataLoader, names: Sequence[str], device: torch.device,
@@ -42,137 +70,89 @@ def evaluate_attributes(model: torch.nn.Module, loader: DataLoader, names: Seque
     return mean_average_precision(scores, targets, names)
 
 
-def _ap_metrics(res: AttributeAP) -> dict[str, float]:
-    # NaN (no known positive) is left out: metrics.jsonl stays strict JSON.
+def ap_metrics(res: AttributeAP) -> dict[str, float]:
+    """The mean and per-attribute APs as metrics (NaN, no known positive, left out: strict JSON)."""
     return {k: v for k, v in res.as_dict().items() if not math.isnan(v)}
 
 
-def train_attribute_model(
-    model: torch.nn.Module,
-    train_set: Dataset,
-    val_set: Dataset,
-    *,
-    attribute_names: Sequence[str],
-    cfg: EngineConfig,
-    batch_size: int,
-    output_dir: str | Path,
-    device: torch.device,
-    meta: dict[str, Any],
-    num_workers: int = 0,
-    resume: str | Path | None = None,
-    config_dict: dict[str, Any] | None = None,
-) -> FitResult:
-    """Train a multi-label model with ``tasks.engine.fit``; evaluation = mean AP on ``val_set``.
-
-    ``cfg.metric`` should be "mean_ap" (mode "max") or "loss".
-    """
-    val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-
-    def evaluate_fn(net: torch.nn.Module) -> dict[str, float]:
-        return _ap_metrics(evaluate_attributes(net, val_loader, attribute_names, device, amp=cfg.amp))
-
-    return fit(model, train_set, cfg=cfg, batch_size=batch_size, output_dir=output_dir, loss_fn=attribute_loss,
-               evaluate_fn=evaluate_fn, num_workers=num_workers, device=device, resume=resume, meta=meta,
-               config_dict=config_dict)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tasks.attributes.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", default=None, help="YAML with any of these flags (and an 'engine' mapping)")
-    d = p.add_argument_group("data")
-    d.add_argument("--images", default=None, help="image folder the label file's names are relative to")
-    d.add_argument("--labels", default=None, help="list_attr_celeba.txt (1/-1) or CSV (1/0/empty)")
-    d.add_argument("--partition", default=None, help="CelebA list_eval_partition.txt: train on 0, validate on 1")
-    d.add_argument("--val-images", default=None)
-    d.add_argument("--val-labels", default=None)
-    d.add_argument("--val-fraction", type=float, default=0.1, help="held out when there is no other validation")
-    d.add_argument("--skip-bad-images", action="store_true", help="skip and count missing/corrupt images")
-    d.add_argument("--augment", action="store_true", help="random resized crop + horizontal flip")
-    d.add_argument("--mean", type=float, nargs=3, default=list(IMAGENET_MEAN))
-    d.add_argument("--std", type=float, nargs=3, default=list(IMAGENET_STD))
-    d.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0 on CPU, 4 on CUDA)")
-    m = p.add_argument_group("model")
-    m.add_argument("--backbone", default="mobilenet_v1", help="mobilenet_v1 or a timm model name")
-    m.add_argument("--alpha", type=float, default=1.0, help="width multiplier (Table 12: 1, 0.5, 0.25)")
-    m.add_argument("--resolution", type=int, default=224, help="input size (Table 12: 224, 128)")
-    m.add_argument("--dropout", type=float, default=0.0)
-    r = p.add_argument_group("run")
-    r.add_argument("--batch-size", type=int, default=64)
-    r.add_argument("--output-dir", default="runs/attributes")
-    r.add_argument("--resume", default=None, help="last.pt to continue from")
-    r.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    add_engine_flags(p, epochs=20, lr=0.01, optimizer="rmsprop", weight_decay=4e-5)
+    p = train_parser("python -m tasks.attributes.train", __doc__.split("\n\n")[0])
+    g = p.add_argument_group("attributes")
+    g.add_argument("--partition", help="CelebA list_eval_partition.txt: train on 0, validate on 1 [data.partition]")
+    g.add_argument("--augment", action="store_true", default=None,
+                   help="random resized crop + horizontal flip [data.augment]")
+    g.add_argument("--skip-bad-images", action="store_true", default=None,
+                   help="skip and count missing/corrupt images [data.skip_bad_images]")
+    for old, new in (("--images", "--data-root"), ("--labels", "--ann"), ("--val-images", "--val-data-root"),
+                     ("--val-labels", "--val-ann")):
+        add_alias(p, old, new)
     return p
 
 
-def _datasets(args: argparse.Namespace) -> tuple[AttributeDataset, AttributeDataset]:
-    train_tf = build_image_transform(args.resolution, mean=args.mean, std=args.std, augment=args.augment)
-    eval_tf = build_image_transform(args.resolution, mean=args.mean, std=args.std)
-    part_train = (args.partition, "train") if args.partition else None
-    train = AttributeDataset(args.images, args.labels, train_tf, partition=part_train,
-                             skip_bad_images=args.skip_bad_images)
-    if args.val_labels:
-        val = AttributeDataset(args.val_images or args.images, args.val_labels, eval_tf,
-                               skip_bad_images=args.skip_bad_images)
-    elif args.partition:
-        val = AttributeDataset(args.images, args.labels, eval_tf, partition=(args.partition, "val"),
-                               skip_bad_images=args.skip_bad_images)
+def resolve_config(args: argparse.Namespace) -> AttributesConfig:
+    overrides = flag_overrides(args, {"partition": "data.partition", "augment": "data.augment",
+                                      "skip_bad_images": "data.skip_bad_images"})
+    return load_config(AttributesConfig, args.config, overrides=overrides)
+
+
+def _prepare(cfg: AttributesConfig, dist: DistInfo) -> tuple[AttributeDataset, AttributeDataset]:
+    d, res = cfg.data, cfg.model.resolution
+    train_tf = build_image_transform(res, mean=d.mean, std=d.std, augment=d.augment)
+    eval_tf = build_image_transform(res, mean=d.mean, std=d.std)
+    part_train = (d.partition, "train") if d.partition else None
+    train = AttributeDataset(d.root, d.ann, train_tf, partition=part_train, skip_bad_images=d.skip_bad_images)
+    if d.val_ann:
+        val = AttributeDataset(d.val_root or d.root, d.val_ann, eval_tf, skip_bad_images=d.skip_bad_images)
+    elif d.partition:
+        val = AttributeDataset(d.root, d.ann, eval_tf, partition=(d.partition, "val"),
+                               skip_bad_images=d.skip_bad_images)
     else:
-        tr, va = split_holdout(len(train), args.val_fraction, args.seed)
+        tr, va = split_holdout(len(train), d.val_fraction, cfg.train.seed)
         full = train
         train, val = full.subset(tr), full.subset(va)
         val.transform = eval_tf
     if val.attribute_names != train.attribute_names:
         raise ValueError(f"validation labels {val.table.path} have attributes {val.attribute_names}, training labels "
                          f"{train.table.path} have {train.attribute_names}")
-    if args.skip_bad_images:
+    if d.skip_bad_images:
         for ds in (train, val):
-            ds.scan_images(progress=True)
+            ds.scan_images(progress=dist.is_main)
     return train, val
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = build_parser()
-    args, engine, explicit = parse_with_config(parser, argv)
-    if not args.images or not args.labels:
-        parser.error("--images and --labels are required (or set them in --config)")
-    try:
-        device = pick_device(args.device)
-        cfg = build_engine_config(args, engine, explicit, metric="mean_ap", metric_mode="max",
-                                  source=args.config or "flags")
-        train, val = _datasets(args)
-    except (ValueError, FileNotFoundError) as e:
-        parser.error(str(e))
-    workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
+def _build(cfg: AttributesConfig, data: tuple[AttributeDataset, AttributeDataset], dist: DistInfo) -> TrainJob:
+    train, val = data
     names = train.attribute_names
-    seed_everything(cfg.seed)  # the initial weights depend on the seed only
-    model = build_attribute_model(len(names), alpha=args.alpha, backbone=args.backbone, dropout=args.dropout)
-    meta = {
-        "task": "attributes",
-        "model": student_spec(alpha=args.alpha, num_outputs=len(names), backbone=args.backbone, dropout=args.dropout),
-        "resolution": args.resolution,
-        "mean": list(args.mean),
-        "std": list(args.std),
-        "attribute_names": names,
-        "state_prefix": "",
-    }
-    config = {k: v for k, v in vars(args).items()}
-    config["engine"] = cfg.to_dict()
-    print(f"attributes: {len(names)} ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''}); "
-          f"train {len(train)} images, val {len(val)} images; {args.backbone} alpha {args.alpha} @ {args.resolution}")
-    result = train_attribute_model(model, train, val, attribute_names=names, cfg=cfg, batch_size=args.batch_size,
-                                   output_dir=args.output_dir, device=device, meta=meta, num_workers=workers,
-                                   resume=args.resume, config_dict=config)
-    loader = DataLoader(val, batch_size=args.batch_size, shuffle=False, num_workers=workers)
-    final = evaluate_attributes(model, loader, names, device, amp=cfg.amp)
-    print(format_ap_table({"final": final}))
-    skipped = train.stats["bad_images_skipped"] + val.stats["bad_images_skipped"]
-    if skipped:
-        print(f"bad images skipped: {skipped}")
-    print(f"mean AP (final model): {100 * final.mean_ap:.2f}%   checkpoints in {os.path.abspath(args.output_dir)}")
-    return {"mean_ap": final.mean_ap, "result": result}
+    model = cfg.model.build(len(names))
+    meta = checkpoint_meta("attributes", "classifier", cfg.model.spec(len(names)), resolution=cfg.model.resolution,
+                           mean=cfg.data.mean, std=cfg.data.std, labels=names, output="attributes")
+    loader = DataLoader(val, batch_size=cfg.data.eval_batch_size, shuffle=False,
+                        num_workers=resolve_workers(cfg.data.workers, dist))
+
+    def evaluate_fn(net: torch.nn.Module) -> dict[str, float]:
+        return ap_metrics(evaluate_attributes(net, loader, names, dist.device, amp=cfg.train.amp))
+
+    def report(best: torch.nn.Module, meta: Mapping[str, Any], out: Path) -> Report:
+        res = evaluate_attributes(best, loader, names, dist.device, amp=cfg.train.amp)
+        text = f"validation ({len(val)} images):\n{format_ap_table({'best.pt': res})}"
+        return Report(metrics=ap_metrics(res), text=text)
+
+    lines = [f"attributes: {len(names)} ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''}); "
+             f"train {len(train)} images, val {len(val)} images; {cfg.model.backbone} alpha {cfg.model.alpha} "
+             f"@ {cfg.model.resolution}"]
+    return TrainJob(model=model, train_set=train, loss_fn=attribute_loss, meta=meta, evaluate_fn=evaluate_fn,
+                    metric="mean_ap", metric_mode="max", report=report, val_set=val, lines=lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    cfg = resolve_config(args)
+    output_dir = Path(args.output_dir or "runs/attributes")
+    summary = run_training("attributes", cfg, output_dir=output_dir, prepare=_prepare, build=_build,
+                           device=args.device, resume=args.resume)
+    summary["mean_ap"] = summary.get("metrics", {}).get("mean_ap")
+    return summary
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main)
