@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from datasets.io import atomic_write_text
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "SYNTH_DEFAULTS",
@@ -307,21 +309,8 @@ def write_pairs(path: str | os.PathLike, folds: Sequence[tuple[Sequence[tuple[st
         lines += [f"{a}\t{i}\t{j}" for a, i, j in same]
         lines += [f"{a}\t{i}\t{b}\t{j}" for a, i, b, j in diff]
     out = Path(path)
-    _atomic_write_text(out, "\n".join(lines) + "\n")
+    atomic_write_text(out, "\n".join(lines) + "\n")
     return out
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------------------------------

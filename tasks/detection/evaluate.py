@@ -11,13 +11,13 @@ Without ``--data-root/--ann`` it uses the validation split recorded in the check
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from datasets.coco import CocoDetection
+from datasets.io import atomic_write_json
 from eval.coco import format_stats, plot_precision_recall
 from tasks.checkpoint import load_checkpoint
 from tasks.cli import run_cli
@@ -74,8 +74,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     out = Path(args.out_dir or Path(args.checkpoint).parent / "eval")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "detections.json").write_text(json.dumps(detections))
-    (out / "stats.json").write_text(json.dumps(result.stats, indent=2))
+    atomic_write_json(out / "detections.json", detections, indent=None)
+    atomic_write_json(out / "stats.json", result.stats)
     plot_precision_recall(result, out / "pr_curve.png")
     print(f"{args.checkpoint} on {ann} ({len(dataset)} images, {len(detections)} detections):")
     print(format_stats(result.stats))

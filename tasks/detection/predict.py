@@ -9,7 +9,6 @@ Writes each image with its boxes, class names and scores drawn (``<name>.png``) 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +19,7 @@ from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 
 from datasets.coco import load_rgb_image
+from datasets.io import atomic_write, atomic_write_json
 from datasets.transforms import rescale_boxes
 from tasks.cli import run_cli
 
@@ -91,9 +91,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             torch.from_numpy(pixels).permute(2, 0, 1), ann["boxes"], labels=ann["labels"], colors="red",
             width=max(2, min(pixels.shape[:2]) // 150),
         )
-        Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(out / name)
+        drawing = Image.fromarray(canvas.permute(1, 2, 0).numpy())
+        atomic_write(out / name, lambda f: drawing.save(f, format="PNG"), "wb")
         rec["drawn"] = str(out / name)
-    (out / "detections.json").write_text(json.dumps(records, indent=2))
+    atomic_write_json(out / "detections.json", records)
     total = sum(len(r["detections"]) for r in records)
     print(f"{len(records)} image(s), {total} detection(s) >= {args.score_thresh}; wrote {out / 'detections.json'}")
     return records

@@ -19,13 +19,13 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from datasets.coco import CocoDetection, collate_detection
+from datasets.io import atomic_write_json
 from datasets.synthetic import ensure_shapes_dataset
 from eval.coco import format_stats, plot_precision_recall
 from tasks.cli import run_cli
@@ -216,8 +216,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             best, val_set, best_meta["label_to_cat_id"], batch_size=cfg.eval_batch_size, device=dist.device,
             num_workers=cfg.data.num_workers,
         )
-        (output_dir / "val_detections.json").write_text(json.dumps(dets))
-        (output_dir / "val_stats.json").write_text(json.dumps(stats.stats, indent=2))
+        atomic_write_json(output_dir / "val_detections.json", dets, indent=None)
+        atomic_write_json(output_dir / "val_stats.json", stats.stats)
         plot_precision_recall(stats, output_dir / "val_pr_curve.png")
         print(f"\nCOCO bbox evaluation of {result.best_path} on the val split ({len(val_set)} images):")
         print(format_stats(stats.stats))
