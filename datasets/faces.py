@@ -31,49 +31,28 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
+from datasets.images import IMAGE_EXTENSIONS, is_image_file, load_rgb_image
 from datasets.io import atomic_write_text
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "SYNTH_DEFAULTS",
     "FaceSample",
     "IdentityFolder",
     "PairList",
     "ensure_synthetic_faces",
     "image_to_tensor",
-    "load_face_image",
     "read_pairs",
     "scan_identity_folders",
     "write_pairs",
     "write_synthetic_faces",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 # --------------------------------------------------------------------------------------------------
 # images
-
-
-def load_face_image(path: str | os.PathLike) -> Image.Image:
-    """Decode ``path`` into an RGB PIL image (EXIF orientation applied).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is not a readable image (message names the file).
-    """
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"face image not found: {path}") from None
-    except _DECODE_ERRORS as e:
-        raise ValueError(f"cannot decode face image {path}: {e}") from e
 
 
 def image_to_tensor(img: Image.Image, resolution: int, center_crop: float = 1.0) -> torch.Tensor:
@@ -102,10 +81,6 @@ class FaceSample:
     identity: str
 
 
-def _is_image(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
 def scan_identity_folders(root: str | os.PathLike, *, min_images: int = 1) -> list[FaceSample]:
     """List ``root/<identity>/<image>`` files, sorted by identity then file name.
 
@@ -127,7 +102,7 @@ def scan_identity_folders(root: str | os.PathLike, *, min_images: int = 1) -> li
         d = r / ident
         if ident.startswith(".") or not d.is_dir():
             continue
-        files = sorted(f for f in os.listdir(d) if _is_image(f) and (d / f).is_file())
+        files = sorted(f for f in os.listdir(d) if is_image_file(f) and (d / f).is_file())
         if len(files) >= min_images:
             samples.extend(FaceSample(str(d / f), ident) for f in files)
     if not samples:
@@ -160,7 +135,7 @@ class IdentityFolder(torch.utils.data.Dataset):
         return len(self.samples)
 
     def load(self, i: int) -> torch.Tensor:
-        img = load_face_image(self.samples[i].path)
+        img = load_rgb_image(self.samples[i].path)
         if self.transform is not None:
             img = self.transform(img)
         return image_to_tensor(img, self.resolution, self.center_crop)

@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from datasets.faces import image_to_tensor, load_face_image, scan_identity_folders, write_synthetic_faces
+from datasets.faces import image_to_tensor, scan_identity_folders, write_synthetic_faces
+from datasets.images import load_rgb_image
 from tasks.faces import train as train_cli
 from tasks.faces.config import load_config
 from tasks.faces.embed import embed_paths
@@ -42,7 +43,7 @@ def setup(tmp_path_factory):
         if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
             m.momentum = None  # cumulative average
     with torch.no_grad():
-        teacher.train()(torch.stack([image_to_tensor(load_face_image(p), RES) for p in paths]))
+        teacher.train()(torch.stack([image_to_tensor(load_rgb_image(p), RES) for p in paths]))
     teacher.eval()
     scripted = torch.jit.trace(teacher, torch.rand(2, 3, RES, RES))
     path = root / "teacher.pt"

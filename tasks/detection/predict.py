@@ -18,7 +18,7 @@ from torchvision import tv_tensors
 from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 
-from datasets.coco import load_rgb_image
+from datasets.images import load_rgb_image
 from datasets.io import atomic_write, atomic_write_json
 from datasets.transforms import rescale_boxes
 from tasks.cli import run_cli
@@ -49,9 +49,7 @@ def predict_images(
     names, to_cat = meta["class_names"], meta["label_to_cat_id"]
     records, drawn = [], []
     for path in tqdm(paths, desc="predict", disable=len(paths) < 2):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"image not found: {path}")
-        pil = load_rgb_image(str(path))
+        pil = load_rgb_image(path)  # FileNotFoundError / ValueError naming the file
         w, h = pil.size
         image = tv_tensors.Image(torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1))
         empty = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(h, w)),

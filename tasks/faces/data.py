@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
-from datasets.faces import IdentityFolder, image_to_tensor, load_face_image
+from datasets.faces import IdentityFolder, image_to_tensor
+from datasets.images import load_rgb_image
 
 __all__ = ["PKBatches", "TrainAugment", "collate_single"]
 
@@ -105,7 +106,7 @@ class PKBatches(torch.utils.data.Dataset):
             pool = self.by_label[lab]
             pick = rng.choice(len(pool), self.k, replace=len(pool) < self.k)
             for j in pick:
-                img = load_face_image(self.folder.samples[pool[j]].path)
+                img = load_rgb_image(self.folder.samples[pool[j]].path)
                 if self.augment is not None:
                     img = self.augment(img, py)
                 images.append(image_to_tensor(img, self.folder.resolution, self.folder.center_crop))

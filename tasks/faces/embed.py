@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from datasets.faces import image_to_tensor, load_face_image
+from datasets.faces import image_to_tensor
+from datasets.images import load_rgb_image
 
 __all__ = ["ImageList", "embed_paths", "file_sha256"]
 
@@ -28,7 +29,7 @@ class ImageList(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return image_to_tensor(load_face_image(self.paths[i]), self.resolution, self.center_crop)
+        return image_to_tensor(load_rgb_image(self.paths[i]), self.resolution, self.center_crop)
 
 
 @torch.no_grad()
