@@ -27,7 +27,16 @@ try:  # POSIX only; elsewhere concurrent builders race and the first rename wins
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["CACHE_ENV", "MARKER", "build_once", "cache_key", "default_cache_dir", "ensure_cached", "is_complete"]
+__all__ = [
+    "CACHE_ENV",
+    "MARKER",
+    "build_once",
+    "cache_key",
+    "cache_marker",
+    "default_cache_dir",
+    "ensure_cached",
+    "is_complete",
+]
 
 CACHE_ENV = "MOBILENET_SUITE_CACHE"
 MARKER = ".complete"
@@ -57,9 +66,14 @@ def is_complete(root: str | os.PathLike, marker: Any) -> bool:
         return False
 
 
+def cache_marker(name: str, params: Mapping[str, Any], version: int) -> dict[str, Any]:
+    """What the marker of a build of ``name`` (generator ``version``, ``params``) holds."""
+    return _plain({"name": name, "version": version, "params": dict(params)})
+
+
 def cache_key(name: str, params: Mapping[str, Any], version: int) -> str:
     """The folder-name hash of a build: name, generator version and parameters."""
-    text = json.dumps(_plain({"name": name, "version": version, "params": dict(params)}), sort_keys=True)
+    text = json.dumps(cache_marker(name, params, version), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -129,6 +143,5 @@ def ensure_cached(name: str, params: Mapping[str, Any], writer: Writer, *, versi
     """
     if not name or os.sep in name or name.startswith("."):
         raise ValueError(f"cache name must be a plain folder name, got {name!r}")
-    marker = {"name": name, "version": version, "params": dict(params)}
     root = Path(cache_dir or default_cache_dir()) / f"{name}-v{version}-{cache_key(name, params, version)}"
-    return build_once(root, marker, writer)
+    return build_once(root, cache_marker(name, params, version), writer)

@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from datasets.coco import BACKGROUND, CocoDetection, collate_detection
-from datasets.synthetic import CATEGORIES, write_shapes_dataset
+from datasets.synthetic_shapes import CATEGORIES, write_shapes_dataset
 from datasets.transforms import detection_transforms, frcnn_max_size, rescale_boxes
 
 CATS = [{"id": 5, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 90, "name": "bird"}]

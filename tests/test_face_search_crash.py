@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.faces import write_synthetic_faces
+from datasets.synthetic_identities import write_synthetic_faces
 from tasks.checkpoint import save_checkpoint
 from tasks.faces.index import CRASH_ENV, DB_NAME, FaceIndex
 from tasks.faces.model import FaceEmbedder, FaceModelConfig

@@ -9,8 +9,9 @@ import pytest
 import torch
 import yaml
 
-from datasets.faces import image_to_tensor, scan_identity_folders, write_synthetic_faces
+from datasets.faces import image_to_tensor, scan_identity_folders
 from datasets.images import load_rgb_image
+from datasets.synthetic_identities import write_synthetic_faces
 from tasks.faces import train as train_cli
 from tasks.faces.config import load_config
 from tasks.faces.embed import embed_paths

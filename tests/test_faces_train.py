@@ -11,7 +11,8 @@ import pytest
 import torch
 import yaml
 
-from datasets.faces import IdentityFolder, ensure_synthetic_faces, read_pairs, scan_identity_folders
+from datasets.faces import IdentityFolder, read_pairs, scan_identity_folders
+from datasets.synthetic_identities import ensure_synthetic_faces
 from tasks.checkpoint import load_checkpoint
 from tasks.faces import evaluate as evaluate_cli
 from tasks.faces import search as search_cli

@@ -45,7 +45,7 @@ def _val_split_from_checkpoint(path: str) -> tuple[str, str]:
     config = load_checkpoint(path).get("config") or {}
     cfg = DetectionConfig.from_dict(config, source=f"{path} (config)")
     if cfg.data.dataset == "shapes":
-        from datasets.synthetic import ensure_shapes_dataset
+        from datasets.synthetic_shapes import ensure_shapes_dataset
 
         paths = ensure_shapes_dataset(**cfg.data.shapes)
         return paths["val_root"], paths["val_ann"]

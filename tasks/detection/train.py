@@ -26,7 +26,7 @@ import torch
 
 from datasets.coco import CocoDetection, collate_detection
 from datasets.io import atomic_write_json
-from datasets.synthetic import ensure_shapes_dataset
+from datasets.synthetic_shapes import ensure_shapes_dataset
 from eval.coco import format_stats, plot_precision_recall
 from tasks.cli import run_cli
 from tasks.distributed import barrier, init_distributed

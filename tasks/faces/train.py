@@ -225,7 +225,7 @@ def _model_keys(config_path: str) -> set[str]:
 
 def _data(cfg: FacesConfig, is_main: bool) -> tuple[IdentityFolder, PairList | None]:
     if cfg.data.root is None:
-        from datasets.faces import ensure_synthetic_faces
+        from datasets.synthetic_identities import ensure_synthetic_faces
 
         paths = ensure_synthetic_faces(**cfg.data.synthetic, progress=is_main)
         cfg.data.root = paths["train"]
