@@ -4,7 +4,8 @@ MobileNets Section 4.7 / Table 14 trains and scores face embeddings; the real da
 bring. This module reads and writes what those sets look like on disk:
 
 * identity folders: ``root/<identity>/<image>`` (CASIA-WebFace, VGGFace2, LFW). :func:`scan_identity_folders`
-  lists them; :class:`IdentityFolder` is the matching ``Dataset`` (image tensor, identity label).
+  lists them; :class:`IdentityFolder` is the matching ``Dataset`` (image tensor, identity label), its
+  input built by :func:`face_transform` (the one face preprocessing, also used to embed image files).
 * LFW ``pairs.txt``: a header line (``<folds> <pairs per fold>``, or a single count for the
   ``pairsDevTrain/DevTest`` files), then per fold ``n`` same-person lines ``name i j`` followed by ``n``
   different-person lines ``name1 i name2 j``; image ``i`` of ``name`` is ``<root>/name/name_<i:04d>.<ext>``.
@@ -16,6 +17,7 @@ The built-in synthetic identities written in these formats are ``datasets.synthe
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -26,14 +28,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from datasets.images import IMAGE_EXTENSIONS, is_image_file, load_rgb_image
+from datasets.images import IMAGE_EXTENSIONS, build_image_transform, is_image_file, load_rgb_image
 from datasets.io import atomic_write_text
 
 __all__ = [
     "FaceSample",
     "IdentityFolder",
     "PairList",
-    "image_to_tensor",
+    "face_transform",
     "read_pairs",
     "scan_identity_folders",
     "write_pairs",
@@ -44,18 +46,23 @@ __all__ = [
 # images
 
 
-def image_to_tensor(img: Image.Image, resolution: int, center_crop: float = 1.0) -> torch.Tensor:
-    """Centre-crop ``center_crop`` of the shorter side, resize to ``resolution`` squared, scale to [0, 1].
+# Training augmentation of aligned faces: a random crop of 90-100 % of the side (81-100 % of the area)
+# with a little aspect jitter, a horizontal flip, and brightness/contrast scaled by up to +-20 %.
+FACE_CROP_SCALE = (0.81, 1.0)
+FACE_JITTER = 0.2
 
-    Returns:
-        ``[3, resolution, resolution]`` float32 tensor.
+
+def face_transform(resolution: int, center_crop: float = 1.0, *, augment: bool = False
+                   ) -> Callable[[Image.Image], torch.Tensor]:
+    """The face model's input: PIL image -> float32 ``[3, resolution, resolution]`` in [0, 1].
+
+    The centred square of ``center_crop`` of the shorter side (the face, not the background), resized
+    to ``resolution``; with ``augment`` the training augmentation above on that square. Built from
+    ``torchvision.transforms.v2`` (``datasets.images.build_image_transform``); randomness comes from
+    torch's generator, which DataLoader workers seed from the (checkpointed) global one.
     """
-    w, h = img.size
-    side = max(1, int(round(min(w, h) * center_crop)))
-    left, top = (w - side) // 2, (h - side) // 2
-    img = img.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BILINEAR)
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+    return build_image_transform(resolution, mean=None, std=None, center_crop=center_crop, augment=augment,
+                                 crop_scale=FACE_CROP_SCALE, jitter=FACE_JITTER if augment else 0.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,6 +110,12 @@ def scan_identity_folders(root: str | os.PathLike, *, min_images: int = 1) -> li
 class IdentityFolder(torch.utils.data.Dataset):
     """Identity-folder dataset: ``(image tensor [3, R, R], identity label)``.
 
+    Args:
+        root: ``root/<identity>/<image>``.
+        resolution, center_crop: the input, see :func:`face_transform` (used when ``transform`` is None).
+        transform: PIL image -> tensor; default ``face_transform(resolution, center_crop)``.
+        min_images: identities with fewer images are left out.
+
     Attributes:
         samples: the :class:`FaceSample` list.
         identities: sorted identity names; label ``i`` is ``identities[i]``.
@@ -110,7 +123,7 @@ class IdentityFolder(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, *, resolution: int = 160, center_crop: float = 1.0,
-                 transform: Callable[[Image.Image], Image.Image] | None = None, min_images: int = 1):
+                 transform: Callable[[Image.Image], torch.Tensor] | None = None, min_images: int = 1):
         self.root = str(root)
         self.samples = scan_identity_folders(root, min_images=min_images)
         self.identities = sorted({s.identity for s in self.samples})
@@ -118,19 +131,19 @@ class IdentityFolder(torch.utils.data.Dataset):
         self.labels = [index[s.identity] for s in self.samples]
         self.resolution = resolution
         self.center_crop = center_crop
-        self.transform = transform
+        self.transform = transform if transform is not None else face_transform(resolution, center_crop)
+
+    def augmented(self) -> IdentityFolder:
+        """The same images and labels with the training augmentation of :func:`face_transform`."""
+        out = copy.copy(self)
+        out.transform = face_transform(self.resolution, self.center_crop, augment=True)
+        return out
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def load(self, i: int) -> torch.Tensor:
-        img = load_rgb_image(self.samples[i].path)
-        if self.transform is not None:
-            img = self.transform(img)
-        return image_to_tensor(img, self.resolution, self.center_crop)
-
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.load(i), self.labels[i]
+        return self.transform(load_rgb_image(self.samples[i].path)), self.labels[i]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -52,8 +52,9 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "ImageDecodeError",
     "LOAD_ERRORS",
+    "CenterSquare",
+    "ImageDecodeError",
     "ImageFiles",
     "build_image_transform",
     "is_image_file",
@@ -243,34 +244,81 @@ def split_holdout(n: int, fraction: float = 0.1, seed: int = 0) -> tuple[list[in
     return sorted(int(i) for i in perm[k:]), sorted(int(i) for i in perm[:k])
 
 
+class CenterSquare:
+    """Crop the centred square whose side is ``fraction`` of the image's shorter side (uint8/float tensor).
+
+    Aligned face crops keep the face and drop most of the background this way. A class, not a lambda,
+    so pipelines pickle into DataLoader workers.
+    """
+
+    def __init__(self, fraction: float = 1.0) -> None:
+        if not 0.0 < float(fraction) <= 1.0:
+            raise ValueError(f"centre-crop fraction must be in (0, 1], got {fraction!r}")
+        self.fraction = float(fraction)
+
+    def __call__(self, image: Tensor) -> Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        h, w = image.shape[-2:]
+        side = max(1, int(round(min(h, w) * self.fraction)))
+        return F.center_crop(image, [side, side])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(fraction={self.fraction})"
+
+
 def build_image_transform(
     resolution: int,
     *,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] | None = IMAGENET_MEAN,
+    std: Sequence[float] | None = IMAGENET_STD,
     augment: bool = False,
     crop_scale: tuple[float, float] | None = (0.7, 1.0),
+    center_crop: float | None = None,
+    jitter: float = 0.0,
 ) -> Callable[[Image.Image], Tensor]:
-    """PIL image -> normalized float tensor [3, resolution, resolution].
+    """PIL image -> float tensor [3, resolution, resolution] (``torchvision.transforms.v2``).
 
     Without ``augment``: resize the shorter side to ``resolution`` and take the centre square
     (aligned face crops such as CelebA's 178x218 keep their aspect ratio). With ``augment``: a
-    random resized crop keeping ``crop_scale`` of the area (``None``: no crop) and a horizontal flip.
+    random resized crop keeping ``crop_scale`` of the area (``None``: no crop), a horizontal flip and,
+    when ``jitter`` > 0, brightness and contrast each scaled by a factor in [1 - jitter, 1 + jitter].
+
+    Args:
+        resolution: output side.
+        mean, std: normalisation; ``None`` for both leaves the values in [0, 1].
+        augment: random crop / flip / jitter for training.
+        crop_scale: area fraction range of the random crop.
+        center_crop: first keep the centred square of this fraction of the shorter side (faces); ``None``:
+            no such crop, the whole image goes on.
+        jitter: brightness/contrast jitter strength (with ``augment`` only).
     """
     from torchvision.transforms import v2
 
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
         raise ValueError(f"resolution must be a positive int, got {resolution!r}")
-    _check_norm(mean, std)
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std, or neither (values then stay in [0, 1])")
+    if mean is not None and std is not None:
+        _check_norm(mean, std)
+    if not 0.0 <= float(jitter) < 1.0:
+        raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
+    steps: list[Any] = [v2.PILToTensor()]
+    if center_crop is not None:
+        steps.append(CenterSquare(center_crop))
     if augment and crop_scale is not None:
-        geometry = [v2.RandomResizedCrop(resolution, scale=crop_scale, ratio=(0.9, 1.1), antialias=True),
-                    v2.RandomHorizontalFlip()]
+        steps += [v2.RandomResizedCrop(resolution, scale=crop_scale, ratio=(0.9, 1.1), antialias=True),
+                  v2.RandomHorizontalFlip()]
     elif augment:
-        geometry = [v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution), v2.RandomHorizontalFlip()]
+        steps += [v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution), v2.RandomHorizontalFlip()]
     else:
-        geometry = [v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution)]
-    return v2.Compose([v2.PILToTensor(), *geometry, v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(list(mean), list(std))])
+        steps += [v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution)]
+    if augment and jitter > 0:
+        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter))
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    if mean is not None and std is not None:
+        steps.append(v2.Normalize(list(mean), list(std)))
+    return v2.Compose(steps)
 
 
 def _check_norm(mean: Sequence[float], std: Sequence[float]) -> None:

@@ -37,7 +37,7 @@ from tasks.checkpoint import atomic_write_text
 from tasks.distributed import barrier, init_distributed
 from tasks.engine import fit, seed_everything
 from tasks.faces.config import FacesConfig, load_config
-from tasks.faces.data import PKBatches, TrainAugment, collate_single
+from tasks.faces.data import PKSampler
 from tasks.faces.evaluate import evaluate_pairs
 from tasks.faces.losses import (
     collapse_score,
@@ -268,9 +268,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         teacher = load_embedding_teacher(cfg, dist.device, dim_given=given)
     margin_kind = next((p for p in parts if p in ("cosface", "arcface")), None)
     seed_everything(cfg.train.seed + dist.rank)  # the model's initial weights too, not only training
-    batches = PKBatches(train, cfg.sampler.identities_per_batch, cfg.sampler.images_per_identity,
-                        batches_per_epoch=cfg.sampler.batches_per_epoch,
-                        augment=TrainAugment() if cfg.data.augment else None, seed=cfg.train.seed)
+    batches = PKSampler(train.labels, cfg.sampler.identities_per_batch, cfg.sampler.images_per_identity,
+                        batches_per_epoch=cfg.sampler.batches_per_epoch, seed=cfg.train.seed, source=train.root)
+    train_set = train.augmented() if cfg.data.augment else train
     model = FaceEmbedder(cfg.model, num_classes=len(train.identities) if margin_kind else 0,
                          margin_kind=margin_kind or "cosface", margin_scale=cfg.loss.scale,
                          margin_value=cfg.loss.softmax_margin)
@@ -301,8 +301,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     loss_fn = FaceLoss(cfg, teacher, verbose=dist.is_main)
     meta = {"task": "faces", "face_model": cfg.model.to_dict(), "identities": list(train.identities),
             "loss": cfg.loss.name}
-    result = fit(model, batches, cfg=cfg.train, batch_size=1, output_dir=output_dir, loss_fn=loss_fn,
-                 evaluate_fn=evaluate_fn, collate_fn=collate_single, num_workers=cfg.data.num_workers,
+    result = fit(model, train_set, cfg=cfg.train, batch_sampler=batches, output_dir=output_dir, loss_fn=loss_fn,
+                 evaluate_fn=evaluate_fn, num_workers=cfg.data.num_workers,
                  device=dist.device, resume=args.resume, meta=meta, config_dict=cfg.to_dict())
     summary: dict[str, Any] = {"best_checkpoint": str(result.best_path), "last_checkpoint": str(result.last_path),
                                "output_dir": str(output_dir)}
