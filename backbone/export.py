@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from datasets.io import atomic_path
+
 from .mobilenet_v1 import ACTIVATIONS, MIN_INPUT_SIZE, mobilenet_v1
 from .pretrained import load_pretrained
 
@@ -64,17 +66,16 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, *, d
 
     was_training = model.training
     model.eval()
-    # A temp name in the destination folder makes os.replace atomic; the file gets the umask's mode.
-    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        # atomic_path: a reader never sees a half-written or unchecked model file.
+        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
             # The TorchScript exporter announces its own deprecation on every call; the export is fine.
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=FutureWarning)
             torch.onnx.export(
                 model,
                 (x,),
-                tmp,
+                str(tmp),
                 dynamo=False,
                 opset_version=OPSET,
                 input_names=[INPUT_NAME],
@@ -82,12 +83,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, *, d
                 dynamic_axes=dynamic_axes,
                 do_constant_folding=True,
             )
-        onnx.checker.check_model(tmp)
-        os.replace(tmp, path)
+            onnx.checker.check_model(str(tmp))
     finally:
         model.train(was_training)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

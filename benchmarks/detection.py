@@ -89,7 +89,7 @@ class TrainSetting:
 def synthetic_setting() -> TrainSetting:
     """The embedded default experiment (``configs/detection/shapes_ssd.yaml``): its alpha, input size, batch
     size, the shapes set's classes (+ background) and most objects per image."""
-    from datasets.synthetic import CATEGORIES, DEFAULT_MAX_OBJECTS
+    from datasets.synthetic_shapes import CATEGORIES, DEFAULT_MAX_OBJECTS
     from tasks.detection.config import DEFAULT_CONFIG, load_config
 
     cfg = load_config(DEFAULT_CONFIG)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import subprocess
@@ -40,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datasets.io import atomic_write_json  # noqa: E402
 from tasks.faces.index import HNSW_EF_CONSTRUCTION, HNSW_M, IVF_TRAIN_PER_LIST, ivf_nlist  # noqa: E402
 
 DIM = 128
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "search": rows, "embedding": emb, "wall_s": time.perf_counter() - t0}
     print(f"\ntotal {result['wall_s']:.0f} s")
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        atomic_write_json(args.out, result)
     return result
 
 

@@ -21,7 +21,6 @@ import csv
 import io
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from datasets.images import ImageFiles
+from datasets.io import atomic_write_text
 
 __all__ = [
     "AttributeDataset",
@@ -246,17 +246,7 @@ def write_attribute_file(
         text = buf.getvalue()
     else:
         raise ValueError(f"fmt must be 'celeba' or 'csv', got {fmt!r}")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)
     return path
 
 

@@ -17,8 +17,8 @@ Conventions, chosen so a run on real COCO behaves like the reference implementat
 * Boxes reaching outside the image are clipped; boxes with no area left (or a negative/zero w or h in
   the json) are dropped. Both are counted in ``stats`` and logged.
 * Images without annotations stay in the set as negatives unless ``drop_empty=True``.
-* Images are decoded with EXIF orientation applied and converted to RGB (grey, 16-bit, palette, CMYK,
-  RGBA; transparency is composited over white).
+* Images are decoded by ``datasets.images.load_rgb_image``: EXIF orientation applied, converted to 8-bit
+  RGB (grey, 16-bit scaled, palette, CMYK; transparency composited over white).
 
 Bad images. Checking every file by decoding it would take minutes on COCO's 118k images, so the
 constructor only checks that files exist. Decoding errors surface when an image is loaded:
@@ -42,64 +42,25 @@ import json
 import logging
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 from torchvision import tv_tensors
 
+from datasets.images import load_readable, scan_images
 from datasets.transforms import rescale_boxes
 
-__all__ = ["CocoDetection", "collate_detection", "rescale_boxes", "load_rgb_image", "BACKGROUND"]
+__all__ = ["CocoDetection", "collate_detection", "rescale_boxes", "BACKGROUND"]
 
 logger = logging.getLogger(__name__)
 
 BACKGROUND = "__background__"
 
-# Errors PIL raises on unreadable or truncated files (SyntaxError/EOFError come from a few old decoders).
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-
 Transforms = Callable[[Any, dict], tuple[Any, dict]]
-
-
-# --------------------------------------------------------------------------------------------------
-# image decoding
-
-
-def load_rgb_image(path: str) -> Image.Image:
-    """Decode ``path`` fully into an 8-bit RGB PIL image in its displayed (EXIF) orientation.
-
-    Raises:
-        OSError (incl. ``FileNotFoundError``), ValueError, SyntaxError or EOFError from PIL when the
-        file is missing, truncated or not an image.
-    """
-    with Image.open(path) as img:
-        img.load()  # decode now so truncation is detected here, not later inside a transform
-        img = ImageOps.exif_transpose(img)
-        return _to_rgb(img)
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB":
-        return img  # exif_transpose already returned a copy
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # PIL's own I;16 -> RGB conversion clips at 255 instead of scaling, which turns most of a
-        # 16-bit image white; scale to 8 bits ourselves.
-        arr = np.asarray(img).astype(np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,6 +272,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self._coco_dataset, per_image = self._index_annotations(data, images)
         self._coco = None
         self._records = self._build_records(images, per_image)
+        self._paths = [r.path for r in self._records]  # what the image loader indexes
         self._bad_at_load: set[int] = set()
         self.stats["images"] = len(self._records)
         self.stats["boxes"] = sum(len(r.labels) for r in self._records)
@@ -439,38 +401,18 @@ class CocoDetection(torch.utils.data.Dataset):
         Raises:
             ValueError: naming the bad files, when ``skip_bad_images`` is False.
         """
-        threads = num_threads or min(8, os.cpu_count() or 1)
-
-        def check(rec: _Record) -> str | None:
-            try:
-                with Image.open(rec.path) as img:
-                    img.load()
-            except _DECODE_ERRORS as err:
-                return f"{rec.path}: {type(err).__name__}: {err}"
-            return None
-
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            results = pool.map(check, self._records, chunksize=64)
-            if progress:
-                from tqdm import tqdm
-
-                results = tqdm(results, total=len(self._records), desc="scanning images", unit="img")
-            errors = list(results)
-        bad = [(rec, msg) for rec, msg in zip(self._records, errors) if msg is not None]
-        if bad and not self.skip_bad_images:
-            listed = "; ".join(msg for _, msg in bad[:5])
-            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-            raise ValueError(f"{len(bad)} images cannot be decoded: {listed}{more}")
+        bad = scan_images(self._paths, skip_bad_images=self.skip_bad_images, num_threads=num_threads,
+                          progress=progress)
+        bad_paths = [self._paths[i] for i in bad]
         if bad:
-            bad_ids = {id(rec) for rec, _ in bad}
-            self._records = [r for r in self._records if id(r) not in bad_ids]
+            self._records = [r for i, r in enumerate(self._records) if i not in bad]
+            self._paths = [r.path for r in self._records]
             self._bad_at_load.clear()
             self.stats["corrupt_images"] += len(bad)
             self.stats["bad_images_skipped"] += len(bad)
             self.stats["images"] = len(self._records)
             self.stats["boxes"] = sum(len(r.labels) for r in self._records)
-            logger.warning("%s: %d undecodable images skipped (first: %s)", self.ann_file, len(bad), bad[0][1])
-        return [rec.path for rec, _ in bad]
+        return bad_paths
 
     def __len__(self) -> int:
         return len(self._records)
@@ -483,24 +425,12 @@ class CocoDetection(torch.utils.data.Dataset):
         return self._make_sample(rec, pil)
 
     def _load(self, index: int) -> tuple[_Record, Image.Image]:
-        n = len(self._records)
-        for step in range(n):
-            j = (index + step) % n
-            if j in self._bad_at_load:
-                continue
-            rec = self._records[j]
-            try:
-                return rec, load_rgb_image(rec.path)
-            except _DECODE_ERRORS as err:
-                if not self.skip_bad_images:
-                    raise ValueError(f"cannot decode image {rec.path} (image id {rec.image_id}): "
-                                     f"{type(err).__name__}: {err}") from err
-                self._bad_at_load.add(j)
-                self.stats["corrupt_images"] += 1
-                self.stats["bad_images_skipped"] += 1
-                logger.warning("skipping undecodable image %s (%s); call scan_images() to drop bad images "
-                               "up front", rec.path, err)
-        raise ValueError(f"{self.ann_file}: none of the {n} images can be decoded")
+        before = len(self._bad_at_load)
+        j, pil = load_readable(self._paths, index, self._bad_at_load, skip_bad_images=self.skip_bad_images)
+        late = len(self._bad_at_load) - before
+        self.stats["corrupt_images"] += late
+        self.stats["bad_images_skipped"] += late
+        return self._records[j], pil
 
     def _make_sample(self, rec: _Record, pil: Image.Image) -> tuple[Tensor, dict[str, Any]]:
         w, h = pil.size

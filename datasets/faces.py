@@ -1,91 +1,68 @@
-"""Face data in the formats of CASIA-WebFace, VGGFace2 and LFW, plus a synthetic set written in them.
+"""Face data in the formats of CASIA-WebFace, VGGFace2 and LFW.
 
 MobileNets Section 4.7 / Table 14 trains and scores face embeddings; the real data is the user's to
 bring. This module reads and writes what those sets look like on disk:
 
 * identity folders: ``root/<identity>/<image>`` (CASIA-WebFace, VGGFace2, LFW). :func:`scan_identity_folders`
-  lists them; :class:`IdentityFolder` is the matching ``Dataset`` (image tensor, identity label).
+  lists them; :class:`IdentityFolder` is the matching ``Dataset`` (image tensor, identity label), its
+  input built by :func:`face_transform` (the one face preprocessing, also used to embed image files).
 * LFW ``pairs.txt``: a header line (``<folds> <pairs per fold>``, or a single count for the
   ``pairsDevTrain/DevTest`` files), then per fold ``n`` same-person lines ``name i j`` followed by ``n``
   different-person lines ``name1 i name2 j``; image ``i`` of ``name`` is ``<root>/name/name_<i:04d>.<ext>``.
   :func:`read_pairs` resolves every image (a missing one fails with its name) and keeps the fold of
   each pair; :func:`write_pairs` writes the same format.
-* the synthetic identities (:func:`write_synthetic_faces`, :func:`ensure_synthetic_faces`): drawn faces
-  from ``datasets.faces_synth`` whose identity traits are fixed per person while pose, light,
-  expression and noise change per image, written as ``train/``, ``test/`` (held-out identities),
-  ``probe/`` (further images of the test identities, never in a gallery built from ``test/``) and
-  ``pairs.txt`` over ``test/`` with identity-disjoint folds.
+
+The built-in synthetic identities written in these formats are ``datasets.synthetic_identities``.
 """
 
 from __future__ import annotations
 
-import json
+import copy
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
+
+from datasets.images import IMAGE_EXTENSIONS, build_image_transform, is_image_file, load_rgb_image
+from datasets.io import atomic_write_text
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
-    "SYNTH_DEFAULTS",
     "FaceSample",
     "IdentityFolder",
     "PairList",
-    "ensure_synthetic_faces",
-    "image_to_tensor",
-    "load_face_image",
+    "face_transform",
     "read_pairs",
     "scan_identity_folders",
     "write_pairs",
-    "write_synthetic_faces",
 ]
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 # --------------------------------------------------------------------------------------------------
 # images
 
 
-def load_face_image(path: str | os.PathLike) -> Image.Image:
-    """Decode ``path`` into an RGB PIL image (EXIF orientation applied).
+# Training augmentation of aligned faces: a random crop of 90-100 % of the side (81-100 % of the area)
+# with a little aspect jitter, a horizontal flip, and brightness/contrast scaled by up to +-20 %.
+FACE_CROP_SCALE = (0.81, 1.0)
+FACE_JITTER = 0.2
 
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is not a readable image (message names the file).
+
+def face_transform(resolution: int, center_crop: float = 1.0, *, augment: bool = False
+                   ) -> Callable[[Image.Image], torch.Tensor]:
+    """The face model's input: PIL image -> float32 ``[3, resolution, resolution]`` in [0, 1].
+
+    The centred square of ``center_crop`` of the shorter side (the face, not the background), resized
+    to ``resolution``; with ``augment`` the training augmentation above on that square. Built from
+    ``torchvision.transforms.v2`` (``datasets.images.build_image_transform``); randomness comes from
+    torch's generator, which DataLoader workers seed from the (checkpointed) global one.
     """
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"face image not found: {path}") from None
-    except _DECODE_ERRORS as e:
-        raise ValueError(f"cannot decode face image {path}: {e}") from e
-
-
-def image_to_tensor(img: Image.Image, resolution: int, center_crop: float = 1.0) -> torch.Tensor:
-    """Centre-crop ``center_crop`` of the shorter side, resize to ``resolution`` squared, scale to [0, 1].
-
-    Returns:
-        ``[3, resolution, resolution]`` float32 tensor.
-    """
-    w, h = img.size
-    side = max(1, int(round(min(w, h) * center_crop)))
-    left, top = (w - side) // 2, (h - side) // 2
-    img = img.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BILINEAR)
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+    return build_image_transform(resolution, mean=None, std=None, center_crop=center_crop, augment=augment,
+                                 crop_scale=FACE_CROP_SCALE, jitter=FACE_JITTER if augment else 0.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -98,10 +75,6 @@ class FaceSample:
 
     path: str
     identity: str
-
-
-def _is_image(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def scan_identity_folders(root: str | os.PathLike, *, min_images: int = 1) -> list[FaceSample]:
@@ -125,7 +98,7 @@ def scan_identity_folders(root: str | os.PathLike, *, min_images: int = 1) -> li
         d = r / ident
         if ident.startswith(".") or not d.is_dir():
             continue
-        files = sorted(f for f in os.listdir(d) if _is_image(f) and (d / f).is_file())
+        files = sorted(f for f in os.listdir(d) if is_image_file(f) and (d / f).is_file())
         if len(files) >= min_images:
             samples.extend(FaceSample(str(d / f), ident) for f in files)
     if not samples:
@@ -137,6 +110,12 @@ def scan_identity_folders(root: str | os.PathLike, *, min_images: int = 1) -> li
 class IdentityFolder(torch.utils.data.Dataset):
     """Identity-folder dataset: ``(image tensor [3, R, R], identity label)``.
 
+    Args:
+        root: ``root/<identity>/<image>``.
+        resolution, center_crop: the input, see :func:`face_transform` (used when ``transform`` is None).
+        transform: PIL image -> tensor; default ``face_transform(resolution, center_crop)``.
+        min_images: identities with fewer images are left out.
+
     Attributes:
         samples: the :class:`FaceSample` list.
         identities: sorted identity names; label ``i`` is ``identities[i]``.
@@ -144,7 +123,7 @@ class IdentityFolder(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, *, resolution: int = 160, center_crop: float = 1.0,
-                 transform: Callable[[Image.Image], Image.Image] | None = None, min_images: int = 1):
+                 transform: Callable[[Image.Image], torch.Tensor] | None = None, min_images: int = 1):
         self.root = str(root)
         self.samples = scan_identity_folders(root, min_images=min_images)
         self.identities = sorted({s.identity for s in self.samples})
@@ -152,19 +131,19 @@ class IdentityFolder(torch.utils.data.Dataset):
         self.labels = [index[s.identity] for s in self.samples]
         self.resolution = resolution
         self.center_crop = center_crop
-        self.transform = transform
+        self.transform = transform if transform is not None else face_transform(resolution, center_crop)
+
+    def augmented(self) -> IdentityFolder:
+        """The same images and labels with the training augmentation of :func:`face_transform`."""
+        out = copy.copy(self)
+        out.transform = face_transform(self.resolution, self.center_crop, augment=True)
+        return out
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def load(self, i: int) -> torch.Tensor:
-        img = load_face_image(self.samples[i].path)
-        if self.transform is not None:
-            img = self.transform(img)
-        return image_to_tensor(img, self.resolution, self.center_crop)
-
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.load(i), self.labels[i]
+        return self.transform(load_rgb_image(self.samples[i].path)), self.labels[i]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,248 +286,5 @@ def write_pairs(path: str | os.PathLike, folds: Sequence[tuple[Sequence[tuple[st
         lines += [f"{a}\t{i}\t{j}" for a, i, j in same]
         lines += [f"{a}\t{i}\t{b}\t{j}" for a, i, b, j in diff]
     out = Path(path)
-    _atomic_write_text(out, "\n".join(lines) + "\n")
+    atomic_write_text(out, "\n".join(lines) + "\n")
     return out
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-# --------------------------------------------------------------------------------------------------
-# synthetic identities
-
-# Bump when the writer (or the way it uses the renderer) changes, so stale caches are rebuilt.
-SYNTH_VERSION = 1
-# Attributes that belong to the person (drawn once per identity); the others (smile, glasses, hat,
-# earrings) change from photo to photo like pose and light do.
-_PERSISTENT_ATTRIBUTES = ("beard", "mustache", "bangs", "rosy_cheeks")
-_PHOTO_ATTRIBUTE_PRIORS = {"Eyeglasses": 0.15, "Wearing_Hat": 0.1, "Wearing_Earrings": 0.15}
-_SPLIT_CODES = {"train": 0, "test": 1}
-
-SYNTH_DEFAULTS: dict[str, Any] = {
-    "num_train_identities": 200,
-    "num_test_identities": 100,
-    "images_per_identity": 10,
-    "test_images_per_identity": 8,
-    "probe_images_per_identity": 2,
-    "image_size": 64,
-    "num_folds": 10,
-    "pairs_per_fold": 200,
-    "nuisance_strength": 1.0,
-    "seed": 0,
-}
-
-
-def _identity_name(split: str, i: int) -> str:
-    return f"{'person' if split == 'train' else 'heldout'}_{i + 1:05d}"
-
-
-def _render_person(split: str, i: int, num_images: int, first: int, size: int, seed: int,
-                   strength: float) -> list[Image.Image]:
-    """Images ``first..first+num_images-1`` of person ``i``: one identity, a fresh photo each time."""
-    from dataclasses import replace
-
-    from datasets import faces_synth as fs
-
-    who = np.random.default_rng([seed, _SPLIT_CODES[split], i])
-    identity = fs.sample_identity(who)
-    persistent = fs.sample_attributes(who)
-    out = []
-    for j in range(first, first + num_images):
-        rng = np.random.default_rng([seed, _SPLIT_CODES[split], i, j + 1])
-        photo = fs.sample_attributes(rng, _PHOTO_ATTRIBUTE_PRIORS)
-        attrs = replace(photo, **{a: getattr(persistent, a) for a in _PERSISTENT_ATTRIBUTES})
-        params = fs.FaceParams(identity, attrs, fs.sample_nuisance(rng, strength))
-        out.append(fs.render_face(params, size, rng))
-    return out
-
-
-def _save_jpeg(img: Image.Image, path: str) -> None:
-    img.save(path, format="JPEG", quality=92)
-
-
-def _make_pairs(names: list[str], num_images: int, num_folds: int, per_fold: int,
-                rng: np.random.Generator) -> list[tuple[list[tuple[str, int, int]], list[tuple[str, int, str, int]]]]:
-    """Identity-disjoint folds (as LFW's): each fold's pairs use only that fold's identities."""
-    groups = np.array_split(np.arange(len(names)), num_folds)
-    folds = []
-    for k, g in enumerate(groups):
-        if len(g) < 2:
-            raise ValueError(f"pairs fold {k + 1} has {len(g)} identity; need >= 2 per fold "
-                             f"({len(names)} test identities for {num_folds} folds)")
-        same_all = [(names[p], a + 1, b + 1) for p in g for a in range(num_images) for b in range(a + 1, num_images)]
-        if len(same_all) < per_fold:
-            raise ValueError(f"pairs fold {k + 1} can form {len(same_all)} same-person pairs, {per_fold} requested; "
-                             "lower pairs_per_fold or add test identities/images")
-        same = [same_all[t] for t in sorted(rng.choice(len(same_all), per_fold, replace=False))]
-        diff_set: set[tuple[str, int, str, int]] = set()
-        max_diff = len(g) * (len(g) - 1) // 2 * num_images * num_images
-        if max_diff < per_fold:
-            raise ValueError(f"pairs fold {k + 1} can form only {max_diff} different-person pairs")
-        while len(diff_set) < per_fold:
-            p, q = sorted(rng.choice(g, 2, replace=False))
-            diff_set.add((names[p], int(rng.integers(num_images)) + 1, names[q], int(rng.integers(num_images)) + 1))
-        folds.append((same, sorted(diff_set)))
-    return folds
-
-
-def write_synthetic_faces(root: str | os.PathLike, *, progress: bool = False, **params: Any) -> dict[str, str]:
-    """Write the synthetic identity set (see the module docstring) into ``root``.
-
-    Person ``i`` of a split is drawn from ``np.random.default_rng([seed, split, i])`` and its image
-    ``j`` from ``[seed, split, i, j]``, so the output depends only on the parameters.
-
-    Args:
-        root: output folder (created).
-        progress: show a tqdm bar.
-        **params: any of :data:`SYNTH_DEFAULTS` (identity counts, images per identity, image_size,
-            num_folds, pairs_per_fold, nuisance_strength, seed).
-
-    Returns:
-        ``{"root", "train", "test", "probe", "pairs"}``.
-    """
-    p = _synth_params(params)
-    r = Path(root)
-    dirs = {s: r / s for s in ("train", "test", "probe")}
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
-    jobs = [("train", i) for i in range(p["num_train_identities"])]
-    jobs += [("test", i) for i in range(p["num_test_identities"])]
-    n_train, n_test, n_probe = p["images_per_identity"], p["test_images_per_identity"], p["probe_images_per_identity"]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        total = p["num_train_identities"] * n_train + p["num_test_identities"] * (n_test + n_probe)
-        bar = tqdm(total=total, desc="synthetic faces", unit="img", leave=False)
-    for split, i in jobs:
-        name = _identity_name(split, i)
-        count = n_train if split == "train" else n_test + n_probe
-        images = _render_person(split, i, count, 0, p["image_size"], p["seed"], p["nuisance_strength"])
-        for j, img in enumerate(images):
-            target = dirs[split] if j < (n_train if split == "train" else n_test) else dirs["probe"]
-            (target / name).mkdir(exist_ok=True)
-            _save_jpeg(img, str(target / name / f"{name}_{j + 1:04d}.jpg"))
-        if bar is not None:
-            bar.update(count)
-    if bar is not None:
-        bar.close()
-    names = [_identity_name("test", i) for i in range(p["num_test_identities"])]
-    folds = _make_pairs(names, n_test, p["num_folds"], p["pairs_per_fold"], np.random.default_rng([p["seed"], 7]))
-    pairs = write_pairs(r / "pairs.txt", folds)
-    return {"root": str(r), "train": str(dirs["train"]), "test": str(dirs["test"]), "probe": str(dirs["probe"]),
-            "pairs": str(pairs)}
-
-
-def _synth_params(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(params) - set(SYNTH_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown synthetic face setting(s) {unknown}; known: {sorted(SYNTH_DEFAULTS)}")
-    p = {**SYNTH_DEFAULTS, **params}
-    lows = {"num_train_identities": 2, "num_test_identities": 2, "images_per_identity": 2,
-            "test_images_per_identity": 2, "probe_images_per_identity": 0, "image_size": 32, "num_folds": 1,
-            "pairs_per_fold": 1, "seed": 0}
-    for k, low in lows.items():
-        v = p[k]
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ValueError(f"synthetic face setting {k} must be an integer >= {low}, got {v!r}")
-    if not 0 <= float(p["nuisance_strength"]) <= 2:
-        raise ValueError(f"nuisance_strength must be in [0, 2], got {p['nuisance_strength']!r}")
-    p["nuisance_strength"] = float(p["nuisance_strength"])
-    return p
-
-
-def ensure_synthetic_faces(cache_dir: str | None = None, *, progress: bool = False, **params: Any) -> dict[str, str]:
-    """Paths of the synthetic identity set for these parameters, writing it on first use.
-
-    The set lives in ``<cache>/faces-ids-v<version>-<hash of the parameters>`` (cache:
-    ``$MOBILENET_SUITE_CACHE`` or ``~/.cache/mobilenet_suite``). It is written to a temp folder and
-    renamed into place with a completion marker last, so concurrent callers never see half a set.
-
-    Returns:
-        ``{"root", "train", "test", "probe", "pairs"}`` as :func:`write_synthetic_faces`.
-    """
-    import hashlib
-
-    from datasets.cache import MARKER, default_cache_dir, is_complete
-    from datasets.faces_synth import GENERATOR_VERSION
-
-    p = _synth_params(params)
-    marker = {"version": SYNTH_VERSION, "renderer": GENERATOR_VERSION, **p}
-    key = hashlib.sha256(json.dumps(marker, sort_keys=True).encode()).hexdigest()[:10]
-    cache = Path(cache_dir or default_cache_dir())
-    final = cache / f"faces-ids-v{SYNTH_VERSION}-s{p['image_size']}-{key}"
-
-    def complete(d: Path) -> bool:
-        return is_complete(d, marker)
-
-    def paths(d: Path) -> dict[str, str]:
-        return {"root": str(d), "train": str(d / "train"), "test": str(d / "test"), "probe": str(d / "probe"),
-                "pairs": str(d / "pairs.txt")}
-
-    if complete(final):
-        return paths(final)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=cache))
-    try:
-        write_synthetic_faces(tmp, progress=progress, **p)
-        (tmp / MARKER).write_text(json.dumps(marker))  # last: its presence means complete
-        if final.is_dir() and not complete(final):
-            shutil.rmtree(final)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not complete(final):  # another process finished first: use theirs
-                raise
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return paths(final)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m datasets.faces [--out DIR] [--print-root]``: write (or find) the synthetic identities."""
-    import argparse
-    import time
-
-    parser = argparse.ArgumentParser(description="Write the synthetic face identities (identity folders + pairs.txt).")
-    parser.add_argument("--out", help="folder to write (default: the cache, $MOBILENET_SUITE_CACHE or "
-                                      "~/.cache/mobilenet_suite, reused when complete)")
-    parser.add_argument("--print-root", action="store_true", help="print only the dataset root (for scripts)")
-    for key, value in SYNTH_DEFAULTS.items():
-        parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=value)
-    args = parser.parse_args(argv)
-    params = {k: getattr(args, k) for k in SYNTH_DEFAULTS}
-    t0 = time.perf_counter()
-    try:
-        if args.out:
-            paths = write_synthetic_faces(args.out, progress=not args.print_root, **params)
-        else:
-            paths = ensure_synthetic_faces(progress=not args.print_root, **params)
-    except ValueError as e:
-        parser.error(str(e))
-    if args.print_root:
-        print(paths["root"])
-        return 0
-    print(f"synthetic faces at {paths['root']} ({time.perf_counter() - t0:.1f} s)")
-    for key in ("train", "test", "probe", "pairs"):
-        extra = ""
-        if key != "pairs" and (key != "probe" or params["probe_images_per_identity"] > 0):
-            samples = scan_identity_folders(paths[key])
-            extra = f"  ({len(samples)} images of {len({s.identity for s in samples})} identities)"
-        print(f"  {key:6s} {paths[key]}{extra}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,46 +1,67 @@
-"""Image files without (or with optional) labels: the unlabeled folders distillation trains on.
+"""Image files: the one image decoder of the suite, the image extensions, the bad-image scan, and
+unlabeled image folders (what distillation trains on).
 
-Section 4.5 of the MobileNets paper trains by distillation, "hence enabling training from large (and
-potentially infinite) unlabeled datasets". :class:`ImageFiles` serves any list of image files, and
-:meth:`ImageFiles.from_folder` any folder tree of images (recursive, common extensions, hidden files
-and folders skipped, sorted so the order is stable across machines).
+Decoding (:func:`load_rgb_image`, used by every loader: COCO detection, face identity folders, attribute
+sets, image folders, prediction and search CLIs) gives an 8-bit RGB image as displayed:
 
-Samples are dicts: ``{"image": float [3, R, R], "index": int}`` plus ``"target"`` when targets were
-given. ``index`` is the position of the image actually served, which is what a cache of teacher
-outputs is keyed by.
+* EXIF orientation is applied (phones store portrait photos rotated and say so in EXIF);
+* 16-bit images (``I;16*``, e.g. 16-bit grey PNG/TIFF) are scaled to 8 bits, not clipped: Pillow's own
+  conversion clips at 255, which turns most of a 16-bit image white. 16-bit RGB(A) PNGs already decode
+  to 8 bits per channel. 32-bit integer and float images are scaled the same way (floats within [0, 1]
+  are taken as that range);
+* transparency (RGBA, LA, PA, a palette's transparent colour) is composited over white, so a transparent
+  background looks the same whatever colour its hidden pixels hold;
+* CMYK, grayscale, 1-bit and palette images are converted to RGB;
+* the format is read from the file's content, not its name (a PNG named ``.jpg`` decodes fine).
 
-Images are decoded with EXIF orientation applied and converted to RGB (``datasets.coco.load_rgb_image``).
-Bad images are handled the way the detection loader (``datasets.coco``) handles them:
+A missing file raises ``FileNotFoundError`` and an undecodable one :class:`ImageDecodeError` (a
+``ValueError``), both naming the file.
+
+Bad images, the way every dataset here handles them (``CocoDetection``, :class:`ImageFiles`, the face
+search ingest):
 
 * ``skip_bad_images=False``: a missing file raises ``FileNotFoundError`` at construction and an
   undecodable one ``ValueError`` when loaded, both naming the file.
-* ``skip_bad_images=True``: missing files are dropped and counted at construction; call
-  :meth:`ImageFiles.scan_images` once in the main process before building DataLoaders to decode
-  every file and drop (and count) the bad ones. As a last resort ``__getitem__`` serves the next
-  readable image in place of one that fails to decode, counting it in that process only.
+* ``skip_bad_images=True``: missing files are dropped and counted at construction; call the dataset's
+  ``scan_images()`` (built on :func:`scan_images`) once in the main process before building DataLoaders
+  to decode every file and drop (and count) the bad ones. As a last resort :func:`load_readable` serves
+  the next readable image in place of one that fails to decode, counted in that process only.
+
+:class:`ImageFiles` serves any list of image files, and :meth:`ImageFiles.from_folder` any folder tree
+of images (recursive, :data:`IMAGE_EXTENSIONS`, hidden files and folders skipped, sorted so the order is
+stable across machines). Samples are dicts: ``{"image": float [3, R, R], "index": int}`` plus
+``"target"`` when targets were given. ``index`` is the position of the image actually served, which is
+what a cache of teacher outputs is keyed by. Section 4.5 of the MobileNets paper trains by
+distillation, "hence enabling training from large (and potentially infinite) unlabeled datasets".
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
-
-from datasets.coco import load_rgb_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "LOAD_ERRORS",
+    "CenterSquare",
+    "ImageDecodeError",
     "ImageFiles",
     "build_image_transform",
+    "is_image_file",
     "list_images",
+    "load_readable",
+    "load_rgb_image",
+    "scan_images",
     "split_holdout",
 ]
 
@@ -50,7 +71,140 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Errors PIL raises on unreadable or truncated files (SyntaxError/EOFError come from a few old decoders).
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+_PIL_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+class ImageDecodeError(ValueError):
+    """A file exists but is not a readable image (truncated, corrupt, not an image, unsupported mode)."""
+
+
+# What loading an image raises for a bad file: catch these to skip bad images.
+LOAD_ERRORS = (FileNotFoundError, ImageDecodeError)
+
+
+# --------------------------------------------------------------------------------------------------
+# decoding
+
+
+def is_image_file(name: str) -> bool:
+    """True for a visible file name with one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
+    base = os.path.basename(name)
+    return not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def load_rgb_image(path: str | os.PathLike) -> Image.Image:
+    """Decode ``path`` fully into an 8-bit RGB PIL image in its displayed orientation (module docstring).
+
+    Raises:
+        FileNotFoundError: no such file (the message names it).
+        ImageDecodeError: the file is not a readable image (a ``ValueError`` naming the file).
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now, so truncation is detected here and not later inside a transform
+            return _to_rgb(ImageOps.exif_transpose(img))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {os.fspath(path)}") from None
+    except _PIL_ERRORS as err:
+        raise ImageDecodeError(f"cannot decode image {os.fspath(path)}: {type(err).__name__}: {err}") from err
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        if img.mode.startswith("I;16"):
+            top = 65535.0
+        elif img.mode == "F" and arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+            top = 1.0
+        else:  # 32-bit data of unknown range: 8-bit values stay, anything larger is taken as 16-bit
+            top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+# --------------------------------------------------------------------------------------------------
+# bad images
+
+
+def scan_images(paths: Sequence[str], *, skip_bad_images: bool, num_threads: int | None = None,
+                progress: bool = False) -> dict[int, str]:
+    """Decode every image once (threaded: PIL releases the GIL while decoding) and report the bad ones.
+
+    Args:
+        paths: image files.
+        skip_bad_images: False raises on any bad image; True logs a warning and returns them.
+        num_threads: decoding threads; default min(8, cpus).
+        progress: show a tqdm bar.
+
+    Returns:
+        ``{position in paths: error message naming the file}``, in path order.
+
+    Raises:
+        ValueError: naming (up to five of) the bad files, when ``skip_bad_images`` is False.
+    """
+    threads = num_threads or min(8, os.cpu_count() or 1)
+
+    def check(path: str) -> str | None:
+        try:
+            load_rgb_image(path)
+        except LOAD_ERRORS as err:
+            return str(err)
+        return None
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        results: Any = pool.map(check, paths, chunksize=64)
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(paths), desc="scanning images", unit="img", leave=False)
+        bad = {i: msg for i, msg in enumerate(results) if msg is not None}
+    if bad and not skip_bad_images:
+        listed = "; ".join(list(bad.values())[:5])
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise ValueError(f"{len(bad)} images cannot be decoded: {listed}{more}; "
+                         "pass skip_bad_images=True (--skip-bad-images) to skip them")
+    if bad:
+        logger.warning("%d bad images skipped (first: %s)", len(bad), next(iter(bad.values())))
+    return bad
+
+
+def load_readable(paths: Sequence[str], index: int, bad: set[int], *,
+                  skip_bad_images: bool) -> tuple[int, Image.Image]:
+    """``(index, decoded image)``; with ``skip_bad_images``, the next readable image in place of a bad one.
+
+    The late-skip fallback for images that fail after (or without) a scan: positions that fail are added
+    to ``bad`` (the caller counts them) and the search wraps around, so the choice is deterministic.
+
+    Raises:
+        FileNotFoundError / ImageDecodeError: the image is bad and ``skip_bad_images`` is False.
+        ValueError: no image at all can be decoded.
+    """
+    n = len(paths)
+    for step in range(n):
+        j = (index + step) % n
+        if j in bad:
+            continue
+        try:
+            return j, load_rgb_image(paths[j])
+        except LOAD_ERRORS as err:
+            if not skip_bad_images:
+                raise
+            bad.add(j)
+            logger.warning("skipping bad image (%s); call scan_images() to drop bad images up front", err)
+    raise ValueError(f"none of the {n} images can be decoded (first: {paths[0] if n else '-'})")
+
+
+# --------------------------------------------------------------------------------------------------
+# image folders
 
 
 def list_images(root: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
@@ -90,34 +244,81 @@ def split_holdout(n: int, fraction: float = 0.1, seed: int = 0) -> tuple[list[in
     return sorted(int(i) for i in perm[k:]), sorted(int(i) for i in perm[:k])
 
 
+class CenterSquare:
+    """Crop the centred square whose side is ``fraction`` of the image's shorter side (uint8/float tensor).
+
+    Aligned face crops keep the face and drop most of the background this way. A class, not a lambda,
+    so pipelines pickle into DataLoader workers.
+    """
+
+    def __init__(self, fraction: float = 1.0) -> None:
+        if not 0.0 < float(fraction) <= 1.0:
+            raise ValueError(f"centre-crop fraction must be in (0, 1], got {fraction!r}")
+        self.fraction = float(fraction)
+
+    def __call__(self, image: Tensor) -> Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        h, w = image.shape[-2:]
+        side = max(1, int(round(min(h, w) * self.fraction)))
+        return F.center_crop(image, [side, side])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(fraction={self.fraction})"
+
+
 def build_image_transform(
     resolution: int,
     *,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] | None = IMAGENET_MEAN,
+    std: Sequence[float] | None = IMAGENET_STD,
     augment: bool = False,
     crop_scale: tuple[float, float] | None = (0.7, 1.0),
+    center_crop: float | None = None,
+    jitter: float = 0.0,
 ) -> Callable[[Image.Image], Tensor]:
-    """PIL image -> normalized float tensor [3, resolution, resolution].
+    """PIL image -> float tensor [3, resolution, resolution] (``torchvision.transforms.v2``).
 
     Without ``augment``: resize the shorter side to ``resolution`` and take the centre square
     (aligned face crops such as CelebA's 178x218 keep their aspect ratio). With ``augment``: a
-    random resized crop keeping ``crop_scale`` of the area (``None``: no crop) and a horizontal flip.
+    random resized crop keeping ``crop_scale`` of the area (``None``: no crop), a horizontal flip and,
+    when ``jitter`` > 0, brightness and contrast each scaled by a factor in [1 - jitter, 1 + jitter].
+
+    Args:
+        resolution: output side.
+        mean, std: normalisation; ``None`` for both leaves the values in [0, 1].
+        augment: random crop / flip / jitter for training.
+        crop_scale: area fraction range of the random crop.
+        center_crop: first keep the centred square of this fraction of the shorter side (faces); ``None``:
+            no such crop, the whole image goes on.
+        jitter: brightness/contrast jitter strength (with ``augment`` only).
     """
     from torchvision.transforms import v2
 
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
         raise ValueError(f"resolution must be a positive int, got {resolution!r}")
-    _check_norm(mean, std)
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std, or neither (values then stay in [0, 1])")
+    if mean is not None and std is not None:
+        _check_norm(mean, std)
+    if not 0.0 <= float(jitter) < 1.0:
+        raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
+    steps: list[Any] = [v2.PILToTensor()]
+    if center_crop is not None:
+        steps.append(CenterSquare(center_crop))
     if augment and crop_scale is not None:
-        geometry = [v2.RandomResizedCrop(resolution, scale=crop_scale, ratio=(0.9, 1.1), antialias=True),
-                    v2.RandomHorizontalFlip()]
+        steps += [v2.RandomResizedCrop(resolution, scale=crop_scale, ratio=(0.9, 1.1), antialias=True),
+                  v2.RandomHorizontalFlip()]
     elif augment:
-        geometry = [v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution), v2.RandomHorizontalFlip()]
+        steps += [v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution), v2.RandomHorizontalFlip()]
     else:
-        geometry = [v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution)]
-    return v2.Compose([v2.PILToTensor(), *geometry, v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(list(mean), list(std))])
+        steps += [v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution)]
+    if augment and jitter > 0:
+        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter))
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    if mean is not None and std is not None:
+        steps.append(v2.Normalize(list(mean), list(std)))
+    return v2.Compose(steps)
 
 
 def _check_norm(mean: Sequence[float], std: Sequence[float]) -> None:
@@ -224,32 +425,11 @@ class ImageFiles(torch.utils.data.Dataset):
         Raises:
             ValueError: naming the bad files, when ``skip_bad_images`` is False.
         """
-        threads = num_threads or min(8, os.cpu_count() or 1)
-
-        def check(path: str) -> str | None:
-            try:
-                with Image.open(path) as img:
-                    img.load()
-            except DECODE_ERRORS as err:
-                return f"{path}: {type(err).__name__}: {err}"
-            return None
-
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            results: Any = pool.map(check, self.paths, chunksize=64)
-            if progress:
-                from tqdm import tqdm
-
-                results = tqdm(results, total=len(self.paths), desc="scanning images", unit="img", leave=False)
-            errors = list(results)
-        bad = [i for i, msg in enumerate(errors) if msg is not None]
+        bad = scan_images(self.paths, skip_bad_images=self.skip_bad_images, num_threads=num_threads,
+                          progress=progress)
         bad_paths = [self.paths[i] for i in bad]
-        if bad and not self.skip_bad_images:
-            listed = "; ".join(errors[i] for i in bad[:5])  # type: ignore[misc]
-            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-            raise ValueError(f"{len(bad)} images cannot be decoded: {listed}{more}; "
-                             "pass skip_bad_images=True (--skip-bad-images) to skip them")
         if bad:
-            keep = [i for i in range(len(self.paths)) if errors[i] is None]
+            keep = [i for i in range(len(self.paths)) if i not in bad]
             self.names = [self.names[i] for i in keep]
             self.paths = [self.paths[i] for i in keep]
             if self.targets is not None:
@@ -258,7 +438,6 @@ class ImageFiles(torch.utils.data.Dataset):
             self.stats["corrupt_images"] += len(bad)
             self.stats["bad_images_skipped"] += len(bad)
             self.stats["images"] = len(self.paths)
-            logger.warning("%d undecodable images skipped (first: %s)", len(bad), errors[bad[0]])
         return bad_paths
 
     def __len__(self) -> int:
@@ -268,26 +447,14 @@ class ImageFiles(torch.utils.data.Dataset):
         n = len(self.paths)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} images")
-        index %= n
-        for step in range(n):
-            j = (index + step) % n
-            if j in self._bad_at_load:
-                continue
-            try:
-                pil = load_rgb_image(self.paths[j])
-            except DECODE_ERRORS as err:
-                if not self.skip_bad_images:
-                    raise ValueError(f"cannot decode image {self.paths[j]}: {type(err).__name__}: {err}") from err
-                self._bad_at_load.add(j)
-                self.stats["corrupt_images"] += 1
-                self.stats["bad_images_skipped"] += 1
-                logger.warning("skipping undecodable image %s (%s); call scan_images() to drop bad images "
-                               "up front", self.paths[j], err)
-                continue
-            image = self.transform(pil) if self.transform is not None else \
-                torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1)
-            sample: dict[str, Any] = {"image": image, "index": j}
-            if self.targets is not None:
-                sample["target"] = torch.from_numpy(np.array(self.targets[j]))
-            return sample
-        raise ValueError(f"none of the {n} images can be decoded (first: {self.paths[0] if n else '-'})")
+        before = len(self._bad_at_load)
+        j, pil = load_readable(self.paths, index % n, self._bad_at_load, skip_bad_images=self.skip_bad_images)
+        late = len(self._bad_at_load) - before
+        self.stats["corrupt_images"] += late
+        self.stats["bad_images_skipped"] += late
+        image = self.transform(pil) if self.transform is not None else \
+            torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1)
+        sample: dict[str, Any] = {"image": image, "index": j}
+        if self.targets is not None:
+            sample["target"] = torch.from_numpy(np.array(self.targets[j]))
+        return sample

@@ -20,7 +20,6 @@ import math
 import numbers
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,8 @@ from typing import Any, Union
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from datasets.io import atomic_write, atomic_write_json
 
 __all__ = [
     "STAT_KEYS",
@@ -432,30 +433,8 @@ def plot_precision_recall(result: CocoEvalResult, path: PathLike) -> Path:
     ax.title.set_fontsize(9)
     ax.grid(True, alpha=0.3)
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(out, lambda f: fig.savefig(f, format="png"), "wb")
     return out
-
-
-def _write_json_atomic(obj: Any, path: PathLike) -> None:
-    out = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -491,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     print(f"{args.iou_type} evaluation of {result.num_detections} detections, {len(result.cat_ids)} categories")
     print(format_stats(result.stats))
     if args.out:
-        _write_json_atomic({k: result.stats[k] for k in STAT_KEYS}, args.out)
+        atomic_write_json(args.out, {k: result.stats[k] for k in STAT_KEYS})
         print(f"wrote {args.out}")
     if args.plot:
         plot_precision_recall(result, args.plot)

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from datasets.io import atomic_write
+
 __all__ = [
     "DEFAULT_FARS",
     "KFoldResult",
@@ -324,5 +326,5 @@ def plot_roc(result: VerificationResult, path: str | Path, title: str = "Face ve
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110), "wb")
     return out

@@ -12,7 +12,6 @@ import importlib
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -20,6 +19,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
+
+# atomic_write_text is re-exported: tasks write config.yaml, metrics.jsonl and summaries through it.
+from datasets.io import atomic_write, atomic_write_text
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -41,42 +43,8 @@ class CheckpointError(ValueError):
     """A checkpoint file exists but cannot be read as a safe, plain checkpoint."""
 
 
-def _atomic_write(path: Path, write: Any, mode: str) -> None:
-    """Write through a temp file in the same directory, then rename over ``path``.
-
-    ``os.replace`` is atomic within one filesystem, so a reader (or a crash) sees either the old
-    file or the complete new one, never a partial write.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    # Persist the rename itself; best effort because not every platform can open a directory.
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
 def save_checkpoint(path: str | Path, obj: dict[str, Any]) -> Path:
-    """Save ``obj`` with ``torch.save`` atomically (temp file in the same dir + ``os.replace``).
+    """Save ``obj`` with ``torch.save`` atomically (``datasets.io.atomic_write``: temp file + fsync + rename).
 
     Args:
         path: destination file, e.g. ``out/last.pt``; parent directories are created.
@@ -87,16 +55,7 @@ def save_checkpoint(path: str | Path, obj: dict[str, Any]) -> Path:
     """
     if not isinstance(obj, dict):
         raise TypeError(f"checkpoint must be a dict, got {type(obj).__name__} for {path}")
-    path = Path(path)
-    _atomic_write(path, lambda f: torch.save(obj, f), "wb")
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write a text file atomically (used for ``config.yaml`` and rewritten ``metrics.jsonl``)."""
-    path = Path(path)
-    _atomic_write(path, lambda f: f.write(text), "w")
-    return path
+    return atomic_write(path, lambda f: torch.save(obj, f), "wb")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:

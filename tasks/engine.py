@@ -18,8 +18,9 @@ Conventions:
     * ``epoch`` in checkpoints, ``metrics.jsonl`` and messages counts *completed* epochs (1-based).
     * ``step`` is the global iteration count; the learning rate schedule is stepped per iteration.
     * Data order is a function of ``(cfg.seed, epoch)`` only (a seeded ``DistributedSampler`` even
-      in single-process runs) and every RNG is checkpointed, so ``resume`` reproduces an
-      uninterrupted run exactly (bitwise on CPU with the same settings and world size).
+      in single-process runs, or a task's batch sampler told the epoch the same way) and every RNG
+      is checkpointed, so ``resume`` reproduces an uninterrupted run exactly (bitwise on CPU with
+      the same settings and world size).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from tasks.checkpoint import (
@@ -298,7 +299,7 @@ def seed_everything(seed: int) -> None:
 
 def build_train_loader(
     dataset: Dataset,
-    batch_size: int,
+    batch_size: int | None,
     collate_fn: Callable | None = None,
     num_workers: int = 0,
     seed: int = 0,
@@ -306,6 +307,7 @@ def build_train_loader(
     *,
     drop_last: bool = False,
     pin_memory: bool = False,
+    batch_sampler: Sampler[list[int]] | None = None,
 ) -> DataLoader:
     """A shuffling training loader whose order depends only on ``(seed, epoch)``.
 
@@ -316,20 +318,28 @@ def build_train_loader(
     from the global torch RNG, which the checkpoint restores; they are not persistent because
     persistent workers would keep their first-epoch seeds across a resume boundary.
 
+    A task that composes its own batches (faces' P identities x K images) passes a
+    ``batch_sampler`` instead of ``batch_size``: it yields lists of dataset indices, already this
+    rank's share under DDP, and for exact resumes its batches must depend only on its seed and the
+    epoch given to its ``set_epoch(epoch)``, which :func:`fit` calls as for the DistributedSampler.
+
     Args:
         dataset: map-style dataset.
-        batch_size: per-process batch size.
+        batch_size: per-process batch size (``None`` with a ``batch_sampler``).
         collate_fn: passed to the DataLoader (e.g. a detection collate that keeps lists).
         num_workers: DataLoader worker processes.
         seed: data-order seed.
         dist: process placement; ``None`` means a single process.
         drop_last: drop the last incomplete batch.
         pin_memory: pin host memory (useful on CUDA).
+        batch_sampler: yields the batches (index lists) itself; exclusive with ``batch_size``.
 
     Returns:
         The DataLoader.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if batch_sampler is not None and batch_size is not None:
+        raise ValueError(f"pass batch_size or batch_sampler, not both (got batch_size={batch_size!r})")
+    if batch_sampler is None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers={num_workers!r} must be an integer >= 0")
@@ -342,22 +352,23 @@ def build_train_loader(
     if n == 0:
         raise ValueError(f"training dataset {type(dataset).__name__} is empty")
     dist = dist or DistInfo()
-    sampler = DistributedSampler(
-        dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed, drop_last=False
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        collate_fn=collate_fn,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        pin_memory=pin_memory,
-    )
-    if len(loader) == 0:
-        raise ValueError(
-            f"training loader is empty: {len(sampler)} samples per process < batch_size={batch_size} with drop_last"
+    if batch_sampler is None:
+        sampler = DistributedSampler(
+            dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed, drop_last=False
         )
+        batching: dict[str, Any] = {"batch_size": batch_size, "sampler": sampler, "drop_last": drop_last}
+        empty = f"{len(sampler)} samples per process < batch_size={batch_size} with drop_last"
+    else:
+        # A sampler built for another world size would give ranks overlapping or missing batches.
+        replicas = getattr(batch_sampler, "num_replicas", dist.world_size)
+        if replicas != dist.world_size:
+            raise ValueError(f"batch sampler {type(batch_sampler).__name__} was built for {replicas} process(es), "
+                             f"this run has {dist.world_size}")
+        batching = {"batch_sampler": batch_sampler}
+        empty = f"batch sampler {type(batch_sampler).__name__} yields no batches"
+    loader = DataLoader(dataset, collate_fn=collate_fn, num_workers=num_workers, pin_memory=pin_memory, **batching)
+    if len(loader) == 0:
+        raise ValueError(f"training loader is empty: {empty}")
     return loader
 
 
@@ -634,6 +645,13 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
+def _set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Tell the sampler (or the task's batch sampler) the epoch: data order is a function of it."""
+    for sampler in (loader.sampler, loader.batch_sampler):
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+
 def _say(dist: DistInfo, msg: str) -> None:
     if dist.is_main:
         tqdm.write(msg)
@@ -703,6 +721,7 @@ def fit(
     resume: str | Path | None = None,
     meta: Mapping[str, Any] | None = None,
     config_dict: Mapping[str, Any] | None = None,
+    batch_sampler: Sampler[list[int]] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``train_set`` for ``cfg.epochs`` epochs; the loop every task uses.
 
@@ -724,7 +743,7 @@ def fit(
         model: plain (not DDP-wrapped) model; moved to ``device``.
         train_set: map-style training dataset.
         cfg: optimisation and bookkeeping settings.
-        batch_size: per-process batch size (None: ``cfg.batch_size``).
+        batch_size: per-process batch size (None: ``cfg.batch_size``; unused with ``batch_sampler``).
         output_dir: receives ``config.yaml``, ``metrics.jsonl``, ``last.pt``, ``best.pt`` (and
             ``tb/`` when tensorboard is installed).
         loss_fn: ``loss_fn(model, batch, device)`` -> dict of named scalar losses (or one tensor).
@@ -738,6 +757,9 @@ def fit(
         meta: task metadata stored in every checkpoint (e.g. class names, label -> category id).
         config_dict: the task's resolved config, saved as ``config.yaml`` and in checkpoints;
             defaults to ``cfg`` itself.
+        batch_sampler: composes the batches instead of ``batch_size`` + the seeded shuffle, e.g. faces'
+            P x K identities; see :func:`build_train_loader`. Its ``set_epoch(epoch)``, if it has one,
+            is called every epoch; under DDP it must yield this rank's own batches.
 
     Returns:
         A :class:`FitResult` (its ``summary()`` is printed by rank 0).
@@ -755,7 +777,8 @@ def fit(
             f"EngineConfig.metric={cfg.metric!r}, metric_mode={cfg.metric_mode!r} need an evaluate_fn; "
             "without one the metric is the mean training loss: use metric='loss', metric_mode='min'"
         )
-    batch_size = cfg.batch_size if batch_size is None else batch_size
+    if batch_size is None and batch_sampler is None:
+        batch_size = cfg.batch_size
     meta_plain = to_plain(dict(meta or {}), "meta")
     config_plain = to_plain(dict(config_dict), "config_dict") if config_dict is not None else cfg.to_dict()
 
@@ -765,7 +788,7 @@ def fit(
     try:
         return _fit(
             model, train_set, cfg, batch_size, Path(output_dir), loss_fn, evaluate_fn, collate_fn,
-            num_workers, dist, resume, meta_plain, config_plain,
+            num_workers, dist, resume, meta_plain, config_plain, batch_sampler,
         )
     finally:
         if created_group:
@@ -776,7 +799,7 @@ def _fit(
     model: nn.Module,
     train_set: Dataset,
     cfg: EngineConfig,
-    batch_size: int,
+    batch_size: int | None,
     out: Path,
     loss_fn: LossFn,
     evaluate_fn: EvaluateFn | None,
@@ -786,6 +809,7 @@ def _fit(
     resume: str | Path | None,
     meta: dict[str, Any],
     config: dict[str, Any],
+    batch_sampler: Sampler[list[int]] | None,
 ) -> FitResult:
     t_start = time.perf_counter()
     device = dist.device
@@ -799,7 +823,7 @@ def _fit(
     model.to(device)
     loader = build_train_loader(
         train_set, batch_size, collate_fn, num_workers, cfg.seed, dist,
-        drop_last=cfg.drop_last, pin_memory=device.type == "cuda",
+        drop_last=cfg.drop_last, pin_memory=device.type == "cuda", batch_sampler=batch_sampler,
     )
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, len(loader))
@@ -864,7 +888,7 @@ def _fit(
     history: list[dict[str, Any]] = []
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            loader.sampler.set_epoch(epoch)
+            _set_epoch(loader, epoch)
             stats = train_one_epoch(
                 train_model, loss_fn, loader, optimizer, scheduler, device=device, epoch=epoch,
                 start_step=step, cfg=cfg, scaler=scaler, dist=dist,

@@ -64,9 +64,7 @@ class TrainJob:
         metric, metric_mode: the key of ``evaluate_fn``'s dict that selects best.pt, "max" or "min".
         report: ``report(best_model, meta, output_dir) -> Report``, the final evaluation of the
             reloaded best.pt on the validation split; None: ``evaluate_fn`` is used.
-        collate_fn, batch_sampler: passed to ``fit``.
-        batch_size: the loader's batch size when it differs from ``cfg.train.batch_size`` (a dataset
-            whose items are whole batches).
+        collate_fn, batch_sampler: passed to ``fit`` (a batch sampler replaces ``cfg.train.batch_size``).
         val_set: the validation dataset, if any (its bad-image count goes into the summary).
         lines: what the task prints about its data and model before training.
     """
@@ -81,7 +79,6 @@ class TrainJob:
     report: Callable[[nn.Module, dict[str, Any], Path], Report] | None = None
     collate_fn: Callable | None = None
     batch_sampler: Any = None
-    batch_size: int | None = None
     val_set: Dataset | None = None
     lines: list[str] = field(default_factory=list)
 
@@ -126,10 +123,10 @@ def run_training(
                 print(line)
         cfg.train.metric, cfg.train.metric_mode = job.metric, job.metric_mode
         result = fit(
-            job.model, job.train_set, cfg=cfg.train, batch_size=job.batch_size or cfg.train.batch_size, output_dir=out,
+            job.model, job.train_set, cfg=cfg.train, output_dir=out,
             loss_fn=job.loss_fn, evaluate_fn=job.evaluate_fn, collate_fn=job.collate_fn,
             num_workers=resolve_workers(cfg.data.workers, dist), device=dist.device, resume=resume, meta=job.meta,
-            config_dict=config_to_dict(cfg), **({"batch_sampler": job.batch_sampler} if job.batch_sampler else {}),
+            config_dict=config_to_dict(cfg), batch_sampler=job.batch_sampler,
         )
         summary: dict[str, Any] = {
             "task": task,

@@ -12,7 +12,7 @@ import yaml
 from torch import nn
 
 from datasets.attributes import read_attribute_file
-from datasets.faces_synth import ATTRIBUTE_NAMES, ensure_face_attributes
+from datasets.synthetic_faces import ATTRIBUTE_NAMES, ensure_face_attributes
 from tasks.attributes import evaluate as attr_eval
 from tasks.attributes import train as attr_train
 from tasks.attributes.model import build_attribute_model

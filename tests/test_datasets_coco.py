@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from datasets.coco import BACKGROUND, CocoDetection, collate_detection, load_rgb_image
-from datasets.synthetic import CATEGORIES, write_shapes_dataset
+from datasets.coco import BACKGROUND, CocoDetection, collate_detection
+from datasets.synthetic_shapes import CATEGORIES, write_shapes_dataset
 from datasets.transforms import detection_transforms, frcnn_max_size, rescale_boxes
 
 CATS = [{"id": 5, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 90, "name": "bird"}]
@@ -142,31 +142,7 @@ def test_negative_image_through_every_pipeline(tmp_path):
                 assert t["boxes"].shape == (0, 4) and image.shape[0] == 3
 
 
-# ---- image decoding ----------------------------------------------------------------------------------
-
-
-def test_grayscale_rgba_and_16bit_load_as_rgb(tmp_path):
-    root = tmp_path / "img"
-    root.mkdir()
-    Image.new("L", (20, 10), 77).save(root / "gray.png")
-    Image.new("RGBA", (20, 10), (10, 20, 30, 255)).save(root / "opaque.png")
-    Image.new("RGBA", (20, 10), (10, 20, 30, 0)).save(root / "clear.png")
-    Image.fromarray(np.full((10, 20), 65535, np.uint16)).save(root / "deep.png")
-    Image.new("CMYK", (20, 10), (0, 0, 0, 0)).save(root / "cmyk.jpg")
-    images = [img(i + 1, 20, 10, name) for i, name in enumerate(["gray.png", "opaque.png", "clear.png",
-                                                                   "deep.png", "cmyk.jpg"])]
-    _, ann_file = make_set(tmp_path, images, [], write_images=False)
-    ds = CocoDetection(str(root), ann_file)
-    pixels = {}
-    for i in range(len(ds)):
-        image, t = ds[i]
-        assert image.shape == (3, 10, 20)
-        pixels[t["image_id"]] = (image[:, 5, 5] * 255).round().tolist()
-    assert pixels[1] == [77, 77, 77]
-    assert pixels[2] == [10, 20, 30]
-    assert pixels[3] == [255, 255, 255]  # transparent -> composited over white
-    assert pixels[4] == [255, 255, 255]  # 16-bit white stays white (scaled, not clipped)
-    assert min(pixels[5]) > 240
+# ---- EXIF rotation and boxes (the image formats themselves: tests/test_images.py) ------------------
 
 
 def test_exif_rotated_jpeg(tmp_path):
@@ -189,7 +165,6 @@ def test_exif_rotated_jpeg(tmp_path):
     assert top[0] > 0.8 and top[2] < 0.2  # the stored left (red) is displayed on top
     assert bottom[2] > 0.8 and bottom[0] < 0.2
     assert t["boxes"].tolist() == [[2, 25, 12, 35]]
-    assert load_rgb_image(str(root / "rot.jpg")).size == (20, 40)
 
 
 # ---- bad images ---------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from datasets.synthetic import write_shapes_dataset
+from datasets.synthetic_shapes import write_shapes_dataset
 from tasks.detection import coverage
 from tasks.detection.build import build_detector
 

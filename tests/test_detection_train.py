@@ -11,7 +11,7 @@ import yaml
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from datasets.synthetic import write_shapes_dataset
+from datasets.synthetic_shapes import write_shapes_dataset
 from eval.coco import STAT_KEYS
 from tasks.detection import evaluate as det_evaluate
 from tasks.detection import predict as det_predict

@@ -1,4 +1,4 @@
-"""Unlabeled image folders: recursive listing, decoding (EXIF, modes), bad images as the detection loader does."""
+"""Unlabeled image folders: recursive listing, samples, bad images (formats: tests/test_images.py)."""
 
 from __future__ import annotations
 
@@ -44,20 +44,6 @@ def test_from_folder_serves_dicts_with_index(folder):
     assert red[0] > 0.7 and red[1] < 0.1  # RGB order kept, scaled to 0..1
     with pytest.raises(ValueError, match="no image files"):
         ImageFiles.from_folder(folder / "a" / "deep", extensions=[".bmp"])
-
-
-def test_modes_and_exif_orientation(tmp_path):
-    _img(tmp_path / "grey.png", mode="L")
-    Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(tmp_path / "alpha.png")
-    # A 30x10 image whose EXIF says "rotate 90": displayed as 10x30.
-    img = Image.new("RGB", (30, 10), (0, 255, 0))
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    img.save(tmp_path / "rot.jpg", exif=exif.tobytes())
-    ds = ImageFiles.from_folder(tmp_path)
-    shapes = {n: ds[i]["image"].shape for i, n in enumerate(ds.names)}
-    assert shapes == {"alpha.png": (3, 4, 4), "grey.png": (3, 12, 20), "rot.jpg": (3, 30, 10)}
-    assert ds[ds.names.index("alpha.png")]["image"].min() == 255  # transparency over white
 
 
 def _corrupt(path):

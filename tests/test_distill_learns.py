@@ -13,7 +13,7 @@ import yaml
 from torch import nn
 
 from datasets.attributes import AttributeDataset, read_attribute_file, write_attribute_file
-from datasets.faces_synth import ensure_face_attributes
+from datasets.synthetic_faces import ensure_face_attributes
 from datasets.images import build_image_transform
 from distill import train as distill_train
 from tasks.attributes.model import attribute_loss

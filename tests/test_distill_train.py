@@ -13,7 +13,7 @@ import torch
 import yaml
 from torch import nn
 
-from datasets.faces_synth import ensure_face_attributes
+from datasets.synthetic_faces import ensure_face_attributes
 from distill import train as distill_train
 from tasks.checkpoint import load_checkpoint, load_model
 
@@ -268,6 +268,26 @@ def test_default_mode_uses_the_embedded_config(tmp_path, monkeypatch):
     assert cfg.model.alpha == 0.5 and cfg.model.resolution == 128 and cfg.distill.cache_teacher
     assert cfg.train.epochs == 1
     assert cfg.distill.teacher == "torchscript:/x/t.pt" and cfg.data.val_ann == "/x/v.csv"
+
+
+def test_default_teacher_is_trained_once_into_the_cache(tmp_path, faces, monkeypatch):
+    import distill.default as default
+
+    small = {**default.DEFAULT_TEACHER, "input_size": 32, "epochs": 1, "batch_size": 6}
+    monkeypatch.setattr(default, "DEFAULT_TEACHER", small)
+    path = default.ensure_default_teacher(faces, cache_dir=str(tmp_path))
+    folder = path.parent
+    assert folder.parent == tmp_path and folder.name.startswith("distill-teacher-v")
+    assert sorted(p.name for p in folder.iterdir()) == [".complete", "info.json", "metrics.jsonl", "teacher.pt",
+                                                        "teacher.yaml"]
+    assert json.loads((folder / "info.json").read_text())["settings"]["input_size"] == 32
+    trained = []
+    monkeypatch.setattr(default, "_train_teacher", lambda *a: trained.append(a))
+    assert default.ensure_default_teacher(faces, cache_dir=str(tmp_path)) == path
+    assert trained == []  # reused, not retrained
+    monkeypatch.setattr(default, "DEFAULT_TEACHER", {**small, "epochs": 2})
+    other = default.ensure_default_teacher(faces, cache_dir=str(tmp_path))  # other settings: trained anew
+    assert other.parent != folder and len(trained) == 1
 
 
 def test_missing_teacher_or_images(tmp_path):

@@ -180,6 +180,77 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, case):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+class PairBatches:
+    """A task's own batch sampler: each batch pairs indices of one class with another's, seeded by (seed, epoch)."""
+
+    def __init__(self, labels: torch.Tensor, batches: int, seed: int = 0) -> None:
+        self.by_class = [torch.nonzero(labels == c).flatten().tolist() for c in range(NUM_CLASSES)]
+        self.batches, self.seed, self.epoch = batches, seed, 0
+        self.epochs_seen: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.epochs_seen.append(epoch)
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        for _ in range(self.batches):
+            a, b = rng.choice(NUM_CLASSES, 2, replace=False)
+            yield [int(i) for c in (a, b) for i in rng.choice(self.by_class[c], 3)]
+
+
+def test_batch_sampler_resume_reproduces_uninterrupted_run(tmp_path):
+    base = blobs(48, 0)
+    data = NoisyBlobs(base)
+    kw = dict(loss_fn=_rng_heavy_loss, evaluate_fn=accuracy_fn(blobs(64, 1)), num_workers=1)
+    cfg = EngineConfig(epochs=4, optimizer="sgd", lr=0.05, metric="acc1", metric_mode="max")
+    full_sampler = PairBatches(base.tensors[1], batches=5)
+    fit(mlp(dropout=0.2), data, cfg=cfg, batch_sampler=full_sampler, output_dir=tmp_path / "full", **kw)
+    assert full_sampler.epochs_seen == [0, 1, 2, 3]  # told the epoch every epoch, like the DistributedSampler
+    recs = read_metrics(tmp_path / "full")
+    assert [r["step"] for r in recs] == [5, 10, 15, 20]  # len(sampler) batches per epoch
+
+    part = tmp_path / "part"
+    calls = {"n": 0}
+
+    def dying_loss(model, batch, device):
+        calls["n"] += 1
+        if calls["n"] == 2 * 5 + 2:  # second batch of epoch 3
+            raise _Interrupted
+        return _rng_heavy_loss(model, batch, device)
+
+    with pytest.raises(_Interrupted):
+        fit(mlp(dropout=0.2), data, cfg=cfg, batch_sampler=PairBatches(base.tensors[1], 5), output_dir=part,
+            **{**kw, "loss_fn": dying_loss})
+    resumed_sampler = PairBatches(base.tensors[1], 5)
+    fit(mlp(seed=99, dropout=0.2), data, cfg=cfg, batch_sampler=resumed_sampler, output_dir=part,
+        resume=part / "last.pt", **kw)
+    assert resumed_sampler.epochs_seen == [2, 3]
+    for a, b in zip(read_metrics(tmp_path / "full"), read_metrics(part)):
+        assert a["train"] == b["train"] and a["eval"] == b["eval"]  # exact float equality
+    wa = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    wb = load_checkpoint(part / "last.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_batch_sampler_contract_errors(tmp_path):
+    data = blobs(16, 0)
+    sampler = PairBatches(data.tensors[1], batches=2)
+    kw = dict(cfg=EngineConfig(epochs=1), output_dir=tmp_path, loss_fn=ce_loss)
+    with pytest.raises(ValueError, match="batch_size or batch_sampler, not both"):
+        fit(mlp(), data, batch_size=8, batch_sampler=sampler, **kw)
+    with pytest.raises(ValueError, match="batch_size=None"):
+        fit(mlp(), data, **kw)
+    sampler.num_replicas = 2  # built for a two-process run
+    with pytest.raises(ValueError, match="built for 2 process"):
+        fit(mlp(), data, batch_sampler=sampler, **kw)
+    with pytest.raises(ValueError, match="yields no batches"):
+        build_train_loader(data, None, batch_sampler=PairBatches(data.tensors[1], batches=0))
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
     calls = {"n": 0}
     snap = {}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.faces import write_synthetic_faces
+from datasets.synthetic_identities import write_synthetic_faces
 from tasks.checkpoint import save_checkpoint
 from tasks.faces.index import FaceIndex, IndexCorruptError, ModelMismatchError, choose_index_type, ivf_nlist
 from tasks.faces.model import FaceEmbedder, FaceModelConfig

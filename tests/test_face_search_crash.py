@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from _crash_writer import POINTS, rows
-from datasets.faces import write_synthetic_faces
+from datasets.synthetic_identities import write_synthetic_faces
 from tasks.checkpoint import save_checkpoint
 from tasks.faces.index import DB_NAME, FaceIndex
 from tasks.faces.model import FaceEmbedder, FaceModelConfig

@@ -9,7 +9,9 @@ import pytest
 import torch
 import yaml
 
-from datasets.faces import image_to_tensor, load_face_image, scan_identity_folders, write_synthetic_faces
+from datasets.faces import face_transform, scan_identity_folders
+from datasets.images import load_rgb_image
+from datasets.synthetic_identities import write_synthetic_faces
 from tasks.faces import train as train_cli
 from tasks.config import read_yaml_mapping
 from tasks.faces.config import FacesConfig, load_config
@@ -43,7 +45,7 @@ def setup(tmp_path_factory):
         if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
             m.momentum = None  # cumulative average
     with torch.no_grad():
-        teacher.train()(torch.stack([image_to_tensor(load_face_image(p), RES) for p in paths]))
+        teacher.train()(torch.stack([face_transform(RES)(load_rgb_image(p)) for p in paths]))
     teacher.eval()
     scripted = torch.jit.trace(teacher, torch.rand(2, 3, RES, RES))
     path = root / "teacher.pt"
@@ -69,7 +71,9 @@ def _run(root, data, teacher_spec, out, *extra):
 
 def test_distillation_moves_the_student_towards_the_teacher(setup, tmp_path):
     root, data, teacher, spec = setup
-    _run(root, data, spec, tmp_path / "run")
+    # 3 epochs: after 2 the distance ratio sat at 0.37-0.51 over training seeds (before the P x K sampler
+    # too), on the 0.5 line; after 3 it is 0.16-0.25.
+    _run(root, data, spec, tmp_path / "run", "--epochs", "3")
     recs = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert set(recs[0]["train"]) == {"loss", "distill"}  # distillation alone
     student, _ = load_face_model(tmp_path / "run" / "last.pt")

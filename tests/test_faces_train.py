@@ -11,12 +11,13 @@ import pytest
 import torch
 import yaml
 
-from datasets.faces import IdentityFolder, ensure_synthetic_faces, read_pairs, scan_identity_folders
+from datasets.faces import IdentityFolder, read_pairs, scan_identity_folders
+from datasets.synthetic_identities import ensure_synthetic_faces
 from tasks.checkpoint import load_checkpoint
 from tasks.faces import evaluate as evaluate_cli
 from tasks.faces import search as search_cli
 from tasks.faces import train as train_cli
-from tasks.faces.data import PKBatches, collate_single
+from tasks.faces.data import PKSampler
 from tasks.faces.embed import embed_paths
 from tasks.faces.index import FaceIndex
 from tasks.faces.model import FaceModelConfig, fingerprint, load_face_model
@@ -107,19 +108,18 @@ def test_checkpoint_and_fingerprint(trained):
     assert e.shape == (3, 32) and torch.allclose(e.norm(dim=1), torch.ones(3), atol=1e-5)
 
 
-def test_pk_batches_shape_and_identities(trained):
+def test_pk_sampler_batches_from_the_identity_folder(trained):
     data, _, _ = trained
     folder = IdentityFolder(data["train"], resolution=RES)
-    ds = PKBatches(folder, 4, 3, batches_per_epoch=2)
-    x, y = collate_single([ds[0]])
+    sampler = PKSampler(folder.labels, 4, 3, batches_per_epoch=2)
+    loader = torch.utils.data.DataLoader(folder, batch_sampler=sampler)
+    x, y = next(iter(loader))
     assert x.shape == (12, 3, RES, RES) and y.shape == (12,)
     counts = torch.bincount(y)
     assert sorted(counts[counts > 0].tolist()) == [3, 3, 3, 3]
-    # labels are the identity folders' own labels
-    for img, lab in zip(x[::3], y[::3]):
-        assert 0 <= int(lab) < len(folder.identities)
+    assert all(0 <= int(lab) < len(folder.identities) for lab in y)  # the identity folders' own labels
     with pytest.raises(ValueError, match="identities"):
-        PKBatches(folder, 1000, 2)
+        PKSampler(folder.labels, 1000, 2)
 
 
 def test_embed_paths_matches_model(trained):

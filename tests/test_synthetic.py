@@ -1,4 +1,5 @@
-"""The synthetic shapes set: valid COCO, exact boxes, deterministic, cached with a completion marker."""
+"""The synthetic generators: shapes (valid COCO, exact boxes, deterministic, cached with a completion
+marker) and the face identities (cached, CLI)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from datasets import synthetic
-from datasets.synthetic import CATEGORIES, ensure_shapes_dataset, write_shapes_dataset
+from datasets import synthetic_shapes as synthetic
+from datasets.synthetic_shapes import CATEGORIES, ensure_shapes_dataset, write_shapes_dataset
 
 SMALL = dict(num_train=10, num_val=6, image_size=64, seed=3)
 
@@ -118,7 +119,7 @@ def test_ensure_caches_and_rebuilds(tmp_path):
     assert os.path.exists(os.path.join(paths["root"], synthetic.MARKER))
     assert len(os.listdir(paths["val_root"])) == 6
     assert open(paths["train_ann"], "rb").read() == ann_bytes
-    assert os.listdir(tmp_path) == [os.path.basename(paths["root"])]
+    assert [n for n in os.listdir(tmp_path) if not n.endswith(".lock")] == [os.path.basename(paths["root"])]
 
     # Other settings go to another folder.
     other = ensure_shapes_dataset(str(tmp_path), **{**SMALL, "seed": 4})
@@ -145,3 +146,29 @@ def test_cli_refuses_foreign_folder(tmp_path):
     with pytest.raises(SystemExit):
         synthetic.main(["--out", str(tmp_path), "--num-train", "1", "--num-val", "1", "--image-size", "48"])
     assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+# ---- the synthetic face identities (datasets.synthetic_identities) -------------------------------------
+
+TINY_IDS = dict(num_train_identities=2, num_test_identities=4, images_per_identity=2, test_images_per_identity=2,
+                probe_images_per_identity=1, image_size=32, num_folds=2, pairs_per_fold=1, seed=0)
+
+
+def test_identities_cached_once_and_cli_prints_the_root(tmp_path, monkeypatch, capsys):
+    from datasets import synthetic_identities as ids
+
+    paths = ids.ensure_synthetic_faces(str(tmp_path), **TINY_IDS)
+    assert os.path.basename(paths["root"]).startswith("faces-ids-v")
+    assert sorted(os.listdir(paths["train"])) == ["person_00001", "person_00002"]
+    assert len(os.listdir(paths["probe"])) == 4 and os.path.isfile(paths["pairs"])
+    stamp = os.stat(paths["pairs"]).st_mtime_ns
+    assert ids.ensure_synthetic_faces(str(tmp_path), **TINY_IDS) == paths
+    assert os.stat(paths["pairs"]).st_mtime_ns == stamp
+    assert ids.ensure_synthetic_faces(str(tmp_path), **{**TINY_IDS, "seed": 1})["root"] != paths["root"]
+
+    monkeypatch.setenv("MOBILENET_SUITE_CACHE", str(tmp_path))
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_IDS.items()]
+    assert ids.main([*flags, "--print-root"]) == 0
+    assert capsys.readouterr().out.strip() == paths["root"]
+    with pytest.raises(SystemExit):
+        ids.main(["--num-folds", "0"])

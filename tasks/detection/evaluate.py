@@ -11,13 +11,13 @@ Without ``--data-root/--ann`` it uses the validation split recorded in the check
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from datasets.coco import CocoDetection
+from datasets.io import atomic_write_json
 from eval.coco import format_stats, plot_precision_recall
-from tasks.checkpoint import atomic_write_text, load_checkpoint
+from tasks.checkpoint import load_checkpoint
 from tasks.cli import run_cli
 from tasks.distributed import pick_device
 from tasks.flags import add_eval_flags
@@ -45,7 +45,7 @@ def _val_split_from_checkpoint(path: str) -> tuple[str, str]:
     except ValueError as e:
         raise ValueError(f"{e}; pass the split to score with --data-root and --ann") from None
     if cfg.data.dataset == "shapes":
-        from datasets.synthetic import ensure_shapes_dataset
+        from datasets.synthetic_shapes import ensure_shapes_dataset
 
         paths = ensure_shapes_dataset(**cfg.data.shapes)
         return paths["val_root"], paths["val_ann"]
@@ -74,8 +74,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     out = Path(args.out_dir or Path(args.checkpoint).parent / "eval")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "detections.json", json.dumps(detections))
-    atomic_write_text(out / "stats.json", json.dumps(result.stats, indent=2))
+    atomic_write_json(out / "detections.json", detections, indent=None)
+    atomic_write_json(out / "stats.json", result.stats)
     plot_precision_recall(result, out / "pr_curve.png")
     print(f"{args.checkpoint} on {ann} ({len(dataset)} images, {len(detections)} detections):")
     print(format_stats(result.stats))

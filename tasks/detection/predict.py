@@ -9,7 +9,6 @@ Writes each image with its boxes, class names and scores drawn (``<name>.png``) 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,9 +18,9 @@ from torchvision import tv_tensors
 from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 
-from datasets.coco import load_rgb_image
+from datasets.images import load_rgb_image
+from datasets.io import atomic_write, atomic_write_json
 from datasets.transforms import rescale_boxes
-from tasks.checkpoint import atomic_write_text
 from tasks.cli import run_cli
 from tasks.distributed import pick_device
 from tasks.flags import add_alias, add_eval_flags
@@ -51,9 +50,7 @@ def predict_images(
     names, to_cat = meta["labels"], meta["label_to_cat_id"]
     records, drawn = [], []
     for path in tqdm(paths, desc="predict", disable=len(paths) < 2):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"image not found: {path}")
-        pil = load_rgb_image(str(path))
+        pil = load_rgb_image(path)  # FileNotFoundError / ValueError naming the file
         w, h = pil.size
         image = tv_tensors.Image(torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1))
         empty = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(h, w)),
@@ -93,9 +90,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             torch.from_numpy(pixels).permute(2, 0, 1), ann["boxes"], labels=ann["labels"], colors="red",
             width=max(2, min(pixels.shape[:2]) // 150),
         )
-        Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(out / name)
+        drawing = Image.fromarray(canvas.permute(1, 2, 0).numpy())
+        atomic_write(out / name, lambda f: drawing.save(f, format="PNG"), "wb")
         rec["drawn"] = str(out / name)
-    atomic_write_text(out / "detections.json", json.dumps(records, indent=2))
+    atomic_write_json(out / "detections.json", records)
     total = sum(len(r["detections"]) for r in records)
     print(f"{len(records)} image(s), {total} detection(s) >= {args.score_thresh}; wrote {out / 'detections.json'}")
     return records

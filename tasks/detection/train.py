@@ -19,14 +19,14 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from datasets.coco import CocoDetection, collate_detection
-from datasets.synthetic import ensure_shapes_dataset
+from datasets.io import atomic_write_json
+from datasets.synthetic_shapes import ensure_shapes_dataset
 from eval.coco import format_stats, plot_precision_recall
 from tasks.checkpoint import atomic_write_text, checkpoint_meta
 from tasks.cli import run_cli
@@ -156,8 +156,8 @@ def _build(cfg: DetectionConfig, data: tuple[CocoDetection, CocoDetection | None
 
     def report(best: torch.nn.Module, meta: dict[str, Any], out: Path) -> Report:
         stats, dets = evaluate(best)
-        atomic_write_text(out / "val_detections.json", json.dumps(dets))
-        atomic_write_text(out / "val_stats.json", json.dumps(stats.stats, indent=2))
+        atomic_write_json(out / "val_detections.json", dets, indent=None)
+        atomic_write_json(out / "val_stats.json", stats.stats)
         plot = plot_precision_recall(stats, out / "val_pr_curve.png")
         text = f"COCO bbox evaluation on the val split ({len(val_set)} images):\n{format_stats(stats.stats)}"
         return Report(metrics=dict(stats.stats), text=text, plots=[plot])

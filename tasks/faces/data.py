@@ -1,120 +1,125 @@
 """Training batches for face embeddings: P identities x K images (FaceNet Section 3.2, Hermans et al.).
 
-Online triplet mining needs every batch to hold several images of each of several identities. The
-shared engine (``tasks.engine.fit``) shuffles a map-style dataset with a seeded sampler, so the P x K
-structure lives in the dataset: item ``i`` of :class:`PKBatches` is one whole batch, drawn from a
-generator seeded by ``(seed, epoch, i)``. The engine then runs with ``batch_size=1`` and
-:func:`collate_single`. Batches therefore depend only on the seed and the epoch (set by the
-engine's sampler through :meth:`PKBatches.set_epoch`... which the sampler does not call, so the epoch
-is advanced by the loss function, see ``tasks.faces.train``), and a resumed run sees the same ones.
+Online triplet mining needs every batch to hold several images of each of several identities.
+:class:`PKSampler` is a batch sampler over the identity dataset (``datasets.faces.IdentityFolder``):
+``tasks.engine.fit(batch_sampler=...)`` loads its index lists as batches and calls
+:meth:`PKSampler.set_epoch` every epoch, as it does for the ``DistributedSampler``.
+
+An epoch's batches are a function of ``(seed, epoch)`` only, so a resumed run sees the same ones. They
+are drawn as one global sequence: identities in shuffled order (each identity once before any
+repeats), the images of each identity in shuffled order (each image once before any repeats), so an
+epoch of ``len(dataset) / (P*K)`` batches shows about every image once. Under DDP rank ``r`` of ``W``
+takes batches ``r, r + W, r + 2W, ...`` of that sequence: the ranks' batches are disjoint slices of
+the single-process plan.
 """
 
 from __future__ import annotations
 
 import math
-import random
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 import numpy as np
-import torch
-from PIL import Image, ImageEnhance
+import torch.distributed as torch_dist
 
-from datasets.faces import IdentityFolder, image_to_tensor, load_face_image
-
-__all__ = ["PKBatches", "TrainAugment", "collate_single"]
+__all__ = ["PKSampler"]
 
 
-class TrainAugment:
-    """Light augmentation for aligned faces: flip, small shift/scale, brightness/contrast jitter.
+class _Stream:
+    """Endless shuffled passes over ``items``: each item once per pass, a fresh permutation per pass.
 
-    Picklable (a class, not a lambda) so it works in DataLoader workers. Randomness comes from the
-    ``random.Random`` passed per call, which keeps batches a function of the batch seed.
+    Within one :meth:`take` no item repeats while others are left: at a pass boundary the new
+    permutation puts the items already taken last (a batch never shows an identity twice, nor an image
+    twice unless its identity has fewer than K).
     """
 
-    def __init__(self, flip: bool = True, max_shift: float = 0.06, scale: tuple[float, float] = (0.9, 1.0),
-                 jitter: float = 0.2):
-        self.flip, self.max_shift, self.scale, self.jitter = flip, max_shift, scale, jitter
+    def __init__(self, items: Sequence[int], rng: np.random.Generator) -> None:
+        self.items = list(items)
+        self.rng = rng
+        self.queue: list[int] = []  # reversed: the next item is at the end (pop() is O(1))
 
-    def __call__(self, img: Image.Image, rng: random.Random) -> Image.Image:
-        w, h = img.size
-        s = rng.uniform(*self.scale)
-        cw, ch = max(1, int(w * s)), max(1, int(h * s))
-        dx = int(rng.uniform(-self.max_shift, self.max_shift) * w)
-        dy = int(rng.uniform(-self.max_shift, self.max_shift) * h)
-        left = min(max((w - cw) // 2 + dx, 0), w - cw)
-        top = min(max((h - ch) // 2 + dy, 0), h - ch)
-        img = img.crop((left, top, left + cw, top + ch))
-        if self.flip and rng.random() < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        if self.jitter > 0:
-            img = ImageEnhance.Brightness(img).enhance(1 + rng.uniform(-self.jitter, self.jitter))
-            img = ImageEnhance.Contrast(img).enhance(1 + rng.uniform(-self.jitter, self.jitter))
-        return img
+    def take(self, n: int) -> list[int]:
+        out: list[int] = []
+        for _ in range(n):
+            if not self.queue:
+                perm = [self.items[i] for i in self.rng.permutation(len(self.items))]
+                taken = set(out)
+                self.queue = ([x for x in perm if x not in taken] + [x for x in perm if x in taken])[::-1]
+            out.append(self.queue.pop())
+        return out
 
 
-class PKBatches(torch.utils.data.Dataset):
-    """Each item is a batch of ``P`` identities x ``K`` images: ``(images [P*K,3,R,R], labels [P*K])``.
+class PKSampler:
+    """Batch sampler: each batch is ``P`` identities x ``K`` images, as dataset indices (see module doc).
 
-    Identities with fewer than ``K`` images are sampled with replacement (they still give positives if
-    they have two or more images); identities with one image are only ever negatives, and are left out
-    as anchors by the losses.
+    Identities with fewer than ``K`` images repeat images within their group (they still give positives
+    with two or more); identities with one image are only ever negatives, and are left out as anchors by
+    the losses.
 
     Args:
-        folder: the identity-folder dataset (its resolution/crop are used).
-        p: identities per batch.
-        k: images per identity.
-        batches_per_epoch: ``len(self)``; by default one epoch shows about every image once.
-        augment: a :class:`TrainAugment` or None.
-        seed: base seed.
+        labels: identity label of every dataset index (``IdentityFolder.labels``).
+        p: identities per batch (>= 2).
+        k: images per identity (>= 1).
+        batches_per_epoch: batches of one epoch over all ranks; by default about every image once.
+        seed: base seed; the epoch's batches come from ``(seed, epoch)``.
+        num_replicas, rank: the DDP world; default from ``torch.distributed`` when initialised (like
+            ``DistributedSampler``), else one process.
+        source: what the labels belong to, for error messages (e.g. the data root).
+
+    Raises:
+        ValueError: fewer than ``P`` identities, no identity with two images, or bad ``P``/``K``.
     """
 
-    def __init__(self, folder: IdentityFolder, p: int, k: int, *, batches_per_epoch: int | None = None,
-                 augment: TrainAugment | None = None, seed: int = 0):
+    def __init__(self, labels: Sequence[int], p: int, k: int, *, batches_per_epoch: int | None = None,
+                 seed: int = 0, num_replicas: int | None = None, rank: int | None = None,
+                 source: str = "the training set") -> None:
         for name, v, low in (("P (identities per batch)", p, 2), ("K (images per identity)", k, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-        self.folder = folder
         by_label: dict[int, list[int]] = {}
-        for i, lab in enumerate(folder.labels):
-            by_label.setdefault(lab, []).append(i)
+        for i, lab in enumerate(labels):
+            by_label.setdefault(int(lab), []).append(i)
         self.by_label = [by_label[lab] for lab in sorted(by_label)]
         if len(self.by_label) < p:
-            raise ValueError(f"{folder.root} has {len(self.by_label)} identities; a batch needs P={p} "
+            raise ValueError(f"{source} has {len(self.by_label)} identities; a batch needs P={p} "
                              "(lower --identities-per-batch)")
         if not any(len(v) >= 2 for v in self.by_label):
-            raise ValueError(f"{folder.root}: no identity has two images, so no positive pair can be formed")
-        self.p, self.k = p, k
-        self.augment = augment
-        self.seed = seed
-        self.batches = batches_per_epoch or max(1, math.ceil(len(folder) / (p * k)))
+            raise ValueError(f"{source}: no identity has two images, so no positive pair can be formed")
+        in_ddp = torch_dist.is_available() and torch_dist.is_initialized()
+        if num_replicas is None:
+            num_replicas = torch_dist.get_world_size() if in_ddp else 1
+        if rank is None:
+            rank = torch_dist.get_rank() if in_ddp else 0
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.p, self.k, self.seed = p, k, int(seed)
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        self.batches_per_epoch = batches_per_epoch or max(1, math.ceil(len(labels) / (p * k)))
+        self.epoch = 0
 
     @property
-    def num_classes(self) -> int:
-        return len(self.folder.identities)
+    def batch_size(self) -> int:
+        return self.p * self.k
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose batches the next iteration yields (the engine calls this)."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.batches
+        """Batches this rank yields per epoch (the epoch's batches split over the ranks, padded evenly)."""
+        return math.ceil(self.batches_per_epoch / self.num_replicas)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        draw = int(torch.randint(0, 2**62, (1,)).item())
-        rng = np.random.default_rng([self.seed, draw, int(i)])
-        py = random.Random(int(rng.integers(2**63)))
-        ids = rng.choice(len(self.by_label), self.p, replace=False)
-        images, labels = [], []
-        for lab in ids:
-            pool = self.by_label[lab]
-            pick = rng.choice(len(pool), self.k, replace=len(pool) < self.k)
-            for j in pick:
-                img = load_face_image(self.folder.samples[pool[j]].path)
-                if self.augment is not None:
-                    img = self.augment(img, py)
-                images.append(image_to_tensor(img, self.folder.resolution, self.folder.center_crop))
-                labels.append(int(lab))
-        return torch.stack(images), torch.tensor(labels, dtype=torch.long)
+    def plan(self, epoch: int) -> list[list[int]]:
+        """All ranks' batches of ``epoch``, in order (``len(self) * num_replicas`` of them)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        groups = _Stream(range(len(self.by_label)), rng)
+        images = [_Stream(pool, rng) for pool in self.by_label]
+        batches = []
+        for _ in range(len(self) * self.num_replicas):
+            batch: list[int] = []
+            for g in groups.take(self.p):
+                batch += images[g].take(self.k)
+            batches.append(batch)
+        return batches
 
-
-def collate_single(items: list[Any]) -> Any:
-    """Collate for ``batch_size=1`` over :class:`PKBatches`: the item already is the batch."""
-    if len(items) != 1:
-        raise ValueError(f"PKBatches must be loaded with batch_size=1, got {len(items)} items")
-    return items[0]
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self.plan(self.epoch)[self.rank::self.num_replicas]

@@ -11,24 +11,24 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from datasets.faces import image_to_tensor, load_face_image
+from datasets.faces import face_transform
+from datasets.images import load_rgb_image
 
 __all__ = ["ImageList", "embed_paths", "file_sha256"]
 
 
 class ImageList(torch.utils.data.Dataset):
-    """Image files -> ``[3, R, R]`` tensors in [0, 1]."""
+    """Image files -> ``[3, R, R]`` tensors in [0, 1] (``datasets.faces.face_transform``)."""
 
     def __init__(self, paths: Sequence[str], resolution: int, center_crop: float = 1.0):
         self.paths = list(paths)
-        self.resolution = resolution
-        self.center_crop = center_crop
+        self.transform = face_transform(resolution, center_crop)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return image_to_tensor(load_face_image(self.paths[i]), self.resolution, self.center_crop)
+        return self.transform(load_rgb_image(self.paths[i]))
 
 
 @torch.no_grad()

@@ -33,7 +33,6 @@ import json
 import math
 import os
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +41,8 @@ from typing import Any
 
 import faiss
 import numpy as np
+
+from datasets.io import atomic_path
 
 try:  # POSIX; on other systems writers are not serialised across processes
     import fcntl
@@ -229,19 +230,6 @@ def _index_contents(index: faiss.Index, kind: str, dim: int) -> tuple[np.ndarray
 # files
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -251,20 +239,10 @@ def _sha256_file(path: Path) -> str:
 
 
 def _write_index_file(index: faiss.Index, path: Path) -> tuple[str, int]:
-    """Write ``index`` to ``path`` atomically (temp + fsync + rename); return (sha256, size)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        faiss.write_index(index, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        digest, size = _sha256_file(Path(tmp)), os.path.getsize(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    """Write ``index`` to ``path`` atomically (``datasets.io.atomic_path``); return (sha256, size)."""
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
+        digest, size = _sha256_file(tmp), os.path.getsize(tmp)
     return digest, size
 
 

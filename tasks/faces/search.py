@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from datasets.faces import IMAGE_EXTENSIONS, load_face_image, scan_identity_folders
+from datasets.faces import scan_identity_folders
+from datasets.images import IMAGE_EXTENSIONS, scan_images
 from tasks.cli import run_cli
 from tasks.distributed import pick_device
 from tasks.faces.embed import embed_paths, file_sha256
@@ -54,14 +55,6 @@ def _load_model(checkpoint: str | None, index: FaceIndex | None, device: str) ->
     if index is not None:
         index.check_model(fp)
     return model, fp, str(Path(checkpoint).resolve())
-
-
-def _check_image(path: str) -> str | None:
-    try:
-        load_face_image(path)
-    except (FileNotFoundError, ValueError) as e:
-        return str(e)
-    return None
 
 
 def ingest(
@@ -107,15 +100,11 @@ def ingest(
             seen.add(h)
             todo.append((path, identity, h))
     if skip_bad_images:
-        good = []
-        for t in todo:
-            err = _check_image(t[0])
-            if err is None:
-                good.append(t)
-            else:
-                report["skipped_bad"] += 1
-                tqdm.write(f"skipped: {err}")
-        todo = good
+        bad = scan_images([t[0] for t in todo], skip_bad_images=True, progress=progress)
+        for err in bad.values():
+            tqdm.write(f"skipped: {err}")
+        report["skipped_bad"] += len(bad)
+        todo = [t for i, t in enumerate(todo) if i not in bad]
     bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=not progress, dynamic_ncols=True)
     start = 0
     while start < len(todo):

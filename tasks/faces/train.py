@@ -38,7 +38,7 @@ from tasks.cli import run_cli
 from tasks.config import read_yaml_mapping
 from tasks.distributed import DistInfo
 from tasks.faces.config import DEFAULT_CONFIG, FacesConfig, load_config
-from tasks.faces.data import PKBatches, TrainAugment, collate_single
+from tasks.faces.data import PKSampler
 from tasks.faces.evaluate import evaluate_pairs
 from tasks.faces.losses import (
     collapse_score,
@@ -191,7 +191,7 @@ def load_embedding_teacher(cfg: FacesConfig, device: torch.device, *, dim_given:
 
 def _prepare(cfg: FacesConfig, dist: DistInfo) -> tuple[IdentityFolder, PairList | None]:
     if cfg.data.root is None:
-        from datasets.faces import ensure_synthetic_faces
+        from datasets.synthetic_identities import ensure_synthetic_faces
 
         paths = ensure_synthetic_faces(**cfg.data.synthetic, progress=dist.is_main)
         cfg.data.root = paths["train"]
@@ -214,9 +214,9 @@ def _build(cfg: FacesConfig, data: tuple[IdentityFolder, PairList | None], dist:
     parts = cfg.loss.parts()
     teacher = load_embedding_teacher(cfg, dist.device, dim_given=dim_given) if "distill" in parts else None
     margin_kind = next((p for p in parts if p in ("cosface", "arcface")), None)
-    batches = PKBatches(train, cfg.identities_per_batch, cfg.sampler.images_per_identity,
-                        batches_per_epoch=cfg.sampler.batches_per_epoch,
-                        augment=TrainAugment() if cfg.data.augment else None, seed=cfg.train.seed)
+    batches = PKSampler(train.labels, cfg.identities_per_batch, cfg.sampler.images_per_identity,
+                        batches_per_epoch=cfg.sampler.batches_per_epoch, seed=cfg.train.seed, source=train.root)
+    train_set = train.augmented() if cfg.data.augment else train
     network = cfg.model.network()
     model = FaceEmbedder(network, num_classes=len(train.identities) if margin_kind else 0,
                          margin_kind=margin_kind or "cosface", margin_scale=cfg.loss.scale,
@@ -238,8 +238,7 @@ def _build(cfg: FacesConfig, data: tuple[IdentityFolder, PairList | None], dist:
     meta = checkpoint_meta("faces", "face_embedder", network.to_dict(), resolution=network.resolution,
                            labels=train.identities, train_only=[MARGIN_PREFIX], center_crop=network.center_crop,
                            loss=cfg.loss.name)
-    job = TrainJob(model=model, train_set=batches, loss_fn=loss_fn, meta=meta, collate_fn=collate_single,
-                   batch_size=1, lines=lines)
+    job = TrainJob(model=model, train_set=train_set, loss_fn=loss_fn, meta=meta, batch_sampler=batches, lines=lines)
     if pairs is None:
         return job
 

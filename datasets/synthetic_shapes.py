@@ -13,7 +13,7 @@ shapes may cover earlier ones, but placement is rejected when it would leave an 
 ground truth is exact. Sizes, counts and contrast are chosen so a small SSD learns the set in minutes
 on a CPU.
 
-Usage: ``python -m datasets.synthetic --out DIR [--num-train N --num-val M --image-size S]``.
+Usage: ``python -m datasets.synthetic_shapes --out DIR [--num-train N --num-val M --image-size S]``.
 """
 
 from __future__ import annotations
@@ -22,16 +22,17 @@ import argparse
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from .cache import CACHE_ENV, MARKER, default_cache_dir, is_complete
+from datasets.cache import CACHE_ENV, MARKER, build_once, cache_marker, default_cache_dir, ensure_cached
+from datasets.io import atomic_write_json
 
 __all__ = [
     "CATEGORIES",
@@ -255,19 +256,6 @@ def _annotation(mask: np.ndarray, ann_id: int, image_id: int, category_id: int) 
 # writing
 
 
-def _atomic_write_json(obj: Any, path: str) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _check_params(num_images: int, image_size: int, seed: int, max_objects: int) -> None:
     for name, value, low in (("num_images", num_images, 0), ("image_size", image_size, 32),
                              ("seed", seed, 0), ("max_objects", max_objects, 1)):
@@ -344,7 +332,7 @@ def write_shapes_dataset(
         "annotations": annotations,
         "categories": [dict(c) for c in CATEGORIES],
     }
-    _atomic_write_json(coco, ann_path)
+    atomic_write_json(ann_path, coco, indent=None)
     return image_dir, ann_path
 
 
@@ -360,30 +348,15 @@ def _paths(root: str) -> dict[str, str]:
 
 
 
-def _build(final: str, params: dict[str, Any], progress: bool, replace: bool = False) -> None:
-    """Write both splits into a temp folder next to ``final``, then rename it into place."""
-    parent = os.path.dirname(os.path.abspath(final))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=parent)
-    try:
+def _writer(params: dict[str, Any], progress: bool) -> Callable[[Path], None]:
+    """Writes both splits of the set ``params`` describe into a (temp) folder."""
+    def write(root: Path) -> None:
         # Train and val come from disjoint seed streams (2s and 2s + 1).
-        write_shapes_dataset(tmp, num_images=params["num_train"], image_size=params["image_size"],
-                             seed=2 * params["seed"], split_name="train", max_objects=params["max_objects"],
-                             progress=progress)
-        write_shapes_dataset(tmp, num_images=params["num_val"], image_size=params["image_size"],
-                             seed=2 * params["seed"] + 1, split_name="val", max_objects=params["max_objects"],
-                             progress=progress)
-        _atomic_write_json(params, os.path.join(tmp, MARKER))  # last: its presence means complete
-        if os.path.isdir(final) and (replace or not is_complete(final, params)):
-            shutil.rmtree(final)  # a stale, interrupted or to-be-replaced copy
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not is_complete(final, params):  # someone else finished first: use theirs
-                raise
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+        for split, seed, n in (("train", 2 * params["seed"], params["num_train"]),
+                               ("val", 2 * params["seed"] + 1, params["num_val"])):
+            write_shapes_dataset(str(root), num_images=n, image_size=params["image_size"], seed=seed,
+                                 split_name=split, max_objects=params["max_objects"], progress=progress)
+    return write
 
 
 def ensure_shapes_dataset(
@@ -398,24 +371,20 @@ def ensure_shapes_dataset(
 ) -> dict[str, str]:
     """Return the paths of the shapes set for these parameters, writing it on first use.
 
-    The set lives in ``<cache_dir>/shapes-v<version>-s<size>-n<train>-<val>-o<objects>-seed<seed>``
-    (``cache_dir`` defaults to ``default_cache_dir()``). It counts as present only when its completion
-    marker (written last) matches the parameters; otherwise it is rebuilt in a temp folder and renamed
-    into place, so concurrent callers (e.g. DDP ranks) never see a half-written set.
+    The set lives in ``<cache_dir>/shapes-v<version>-<hash of the parameters>`` (``cache_dir`` defaults
+    to ``$MOBILENET_SUITE_CACHE`` or ``~/.cache/mobilenet_suite``), built once by
+    ``datasets.cache.ensure_cached``: in a temp folder renamed into place, with a completion marker, so
+    concurrent callers (e.g. DDP ranks) never see a half-written set.
 
     Returns:
         {"root", "train_root", "train_ann", "val_root", "val_ann"}.
     """
     _check_params(num_train, image_size, seed, max_objects)
     _check_params(num_val, image_size, seed, max_objects)
-    params = {"version": GENERATOR_VERSION, "num_train": num_train, "num_val": num_val,
-              "image_size": image_size, "max_objects": max_objects, "seed": seed}
-    cache = cache_dir or default_cache_dir()
-    name = f"shapes-v{GENERATOR_VERSION}-s{image_size}-n{num_train}-{num_val}-o{max_objects}-seed{seed}"
-    final = os.path.join(cache, name)
-    if not is_complete(final, params):
-        _build(final, params, progress)
-    return _paths(final)
+    params = {"num_train": num_train, "num_val": num_val, "image_size": image_size, "max_objects": max_objects,
+              "seed": seed}
+    root = ensure_cached("shapes", params, _writer(params, progress), version=GENERATOR_VERSION, cache_dir=cache_dir)
+    return _paths(str(root))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -459,16 +428,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  ("--seed", args.seed, 0)):
             if value < low:
                 parser.error(f"{name} must be >= {low}, got {value}")
-        params = {"version": GENERATOR_VERSION, "num_train": args.num_train, "num_val": args.num_val,
-                  "image_size": args.image_size, "max_objects": args.max_objects, "seed": args.seed}
+        params = {"num_train": args.num_train, "num_val": args.num_val, "image_size": args.image_size,
+                  "max_objects": args.max_objects, "seed": args.seed}
         out = os.path.abspath(args.out)
         if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, MARKER)):
             parser.error(f"{out} exists and is not a shapes dataset written by this tool; "
                          "choose another --out or remove it")
-        if args.force or not is_complete(out, params):
-            if os.path.isdir(out) and not os.listdir(out):
-                os.rmdir(out)
-            _build(out, params, progress=True, replace=args.force)
+        build_once(out, cache_marker("shapes", params, GENERATOR_VERSION), _writer(params, progress=True),
+                   force=args.force)
         paths = _paths(out)
     elapsed = time.perf_counter() - start
 

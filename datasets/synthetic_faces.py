@@ -20,9 +20,10 @@ down-sampled, which antialiases the edges.
 
 :func:`write_face_attribute_split` / :func:`ensure_face_attributes` write an attribute data set in the
 formats ``datasets.attributes`` reads (CelebA's ``list_attr_celeba.txt`` with 1/-1, and a CSV with 0/1),
-cached like ``datasets.synthetic`` does for detection.
+cached like every built-in set (``datasets.cache.ensure_cached``). The identity set for face embeddings,
+drawn with the same renderer, is ``datasets.synthetic_identities``.
 
-Usage: ``python -m datasets.faces_synth [--cache-dir DIR] [--num-labeled N --num-unlabeled N --num-val N]
+Usage: ``python -m datasets.synthetic_faces [--cache-dir DIR] [--num-labeled N --num-unlabeled N --num-val N]
 [--nuisance-strength S] [--preview grid.png]``.
 """
 
@@ -30,19 +31,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .cache import CACHE_ENV, MARKER, default_cache_dir, is_complete
+from datasets.cache import CACHE_ENV, default_cache_dir, ensure_cached
 
 __all__ = [
     "ATTRIBUTE_NAMES",
@@ -580,7 +579,6 @@ def render_face(params: FaceParams, size: int, rng: np.random.Generator) -> Imag
 # attribute data set on disk
 
 
-
 def write_face_attribute_split(
     root: str,
     *,
@@ -657,7 +655,6 @@ def _split_paths(root: str) -> dict[str, str]:
     }
 
 
-
 def ensure_face_attributes(
     cache_dir: str | None = None,
     *,
@@ -673,9 +670,9 @@ def ensure_face_attributes(
 
     Three splits, as in the paper's story: a labeled split (CelebA layout, 1/-1) to train the
     teacher, an unlabeled split (images only) to distill from, and a labeled validation split (CSV
-    with 0/1). The set lives in ``<cache_dir>/faces-attr-v<version>-s<size>-n<L>-<U>-<V>-seed<seed>``
-    and counts as present only when its completion marker (written last) matches the parameters;
-    it is built in a temp folder and renamed into place, so concurrent callers never see half a set.
+    with 0/1). The set lives in ``<cache_dir>/faces-attr-v<version>-<hash of the parameters>``, built
+    once by ``datasets.cache.ensure_cached`` (temp folder renamed into place, completion marker), so
+    concurrent callers never see half a set.
 
     Returns:
         {"root", "labeled_images", "labeled_labels", "unlabeled_images", "val_images", "val_labels"}.
@@ -687,40 +684,19 @@ def ensure_face_attributes(
         raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
     if not 0.0 <= nuisance_strength <= 2.0:
         raise ValueError(f"nuisance_strength must be in [0, 2], got {nuisance_strength!r}")
-    params = {"version": GENERATOR_VERSION, "num_labeled": num_labeled, "num_unlabeled": num_unlabeled,
-              "num_val": num_val, "image_size": image_size, "seed": seed, "nuisance_strength": nuisance_strength}
-    cache = cache_dir or default_cache_dir()
-    tag = "" if nuisance_strength == 1.0 else f"-nu{nuisance_strength:g}"
-    final = os.path.join(cache, f"faces-attr-v{GENERATOR_VERSION}-s{image_size}-n{num_labeled}-{num_unlabeled}-"
-                                f"{num_val}-seed{seed}{tag}")
-    if is_complete(final, params):
-        return _split_paths(final)
-    os.makedirs(cache, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=cache)
-    try:
+    params = {"num_labeled": num_labeled, "num_unlabeled": num_unlabeled, "num_val": num_val,
+              "image_size": image_size, "seed": seed, "nuisance_strength": float(nuisance_strength)}
+
+    def write(tmp: Path) -> None:
         # Disjoint seed streams per split: 3s, 3s + 1, 3s + 2.
-        write_face_attribute_split(os.path.join(tmp, "labeled"), num_images=num_labeled, image_size=image_size,
-                                   seed=3 * seed, labels="celeba", nuisance_strength=nuisance_strength,
-                                   progress=progress, desc="faces: labeled")
-        write_face_attribute_split(os.path.join(tmp, "unlabeled"), num_images=num_unlabeled, image_size=image_size,
-                                   seed=3 * seed + 1, labels=None, nuisance_strength=nuisance_strength,
-                                   progress=progress, desc="faces: unlabeled")
-        write_face_attribute_split(os.path.join(tmp, "val"), num_images=num_val, image_size=image_size,
-                                   seed=3 * seed + 2, labels="csv", nuisance_strength=nuisance_strength,
-                                   progress=progress, desc="faces: val")
-        with open(os.path.join(tmp, MARKER), "w") as f:  # last: its presence means complete
-            json.dump(params, f)
-        if os.path.isdir(final) and not is_complete(final, params):
-            shutil.rmtree(final)  # an interrupted or stale copy
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not is_complete(final, params):  # another process finished first: use theirs
-                raise
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-    return _split_paths(final)
+        for split, offset, n, labels in (("labeled", 0, num_labeled, "celeba"), ("unlabeled", 1, num_unlabeled, None),
+                                         ("val", 2, num_val, "csv")):
+            write_face_attribute_split(str(tmp / split), num_images=n, image_size=image_size, seed=3 * seed + offset,
+                                       labels=labels, nuisance_strength=nuisance_strength, progress=progress,
+                                       desc=f"faces: {split}")
+
+    root = ensure_cached("faces-attr", params, write, version=GENERATOR_VERSION, cache_dir=cache_dir)
+    return _split_paths(str(root))
 
 
 def main(argv: list[str] | None = None) -> dict[str, str]:

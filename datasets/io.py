@@ -1,0 +1,186 @@
+"""Atomic writes for every file and folder the suite produces.
+
+A reader, or a crash at any moment, sees either the previous content or the complete new one, never a
+partial write. Files are written under a temp name in the destination folder, flushed and fsynced, then
+``os.replace``d over the destination (atomic within one filesystem), and the folder is fsynced so the
+rename itself survives a power loss. Folders (the cached datasets) are built under a temp name next to
+the destination, their files fsynced, and renamed into place.
+
+This module lives in ``datasets/`` because ``datasets``, ``eval``, ``backbone`` and ``tasks`` all write
+files and ``datasets`` is the package every one of them may import without a cycle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "atomic_dir",
+    "atomic_path",
+    "atomic_write",
+    "atomic_write_json",
+    "atomic_write_text",
+    "fsync_dir",
+    "remove_dir",
+]
+
+PathLike = str | os.PathLike
+
+
+def fsync_dir(path: PathLike) -> None:
+    """Persist a folder's entries (a rename into it). Best effort: not every platform opens folders."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _temp_name(path: Path, kind: str) -> Path:
+    # Hidden, in the destination folder (so the rename stays on one filesystem), unique per writer.
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.{kind}")
+
+
+def _new_temp_file(path: Path) -> Path:
+    """Create an empty temp file next to ``path``; it gets the umask's mode (``mkstemp`` would force 0600)."""
+    while True:
+        tmp = _temp_name(path, "tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _fsync_file(path: PathLike) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temp file name next to ``path``; when the block succeeds it becomes ``path`` atomically.
+
+    For writers that want a file name rather than an open file (ONNX export, ``faiss.write_index``).
+    The temp file exists (empty) when the block starts; on an exception it is removed and ``path`` is
+    left as it was. Parent folders are created.
+
+    Example::
+
+        with atomic_path("model.onnx") as tmp:
+            torch.onnx.export(model, x, tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _new_temp_file(path)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write(path: PathLike, data_or_writer: bytes | str | Callable[[IO[Any]], Any], mode: str = "wb") -> Path:
+    """Write ``path`` atomically.
+
+    Args:
+        path: destination; parent folders are created.
+        data_or_writer: the content (``bytes`` for mode "wb", ``str`` for "w"), or a function that
+            writes to the open file (e.g. ``lambda f: torch.save(obj, f)``).
+        mode: "wb" (binary) or "w" (text, UTF-8).
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
+            if callable(data_or_writer):
+                data_or_writer(f)
+            else:
+                f.write(data_or_writer)
+    return path
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """Write a UTF-8 text file atomically."""
+    return atomic_write(path, text, "w")
+
+
+def atomic_write_json(path: PathLike, obj: Any, *, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON atomically (``indent=None``: compact, for large files such as COCO json)."""
+    if indent is None:
+        text = json.dumps(obj, separators=(",", ":"))
+    else:
+        text = json.dumps(obj, indent=indent) + "\n"
+    return atomic_write_text(path, text)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            _fsync_file(os.path.join(dirpath, name))
+        fsync_dir(dirpath)
+
+
+def remove_dir(path: PathLike) -> None:
+    """Delete a folder tree so that no half-deleted folder is ever seen under its name.
+
+    The folder is first renamed to a temp name next to it (atomic), then deleted.
+    """
+    path = Path(path)
+    trash = _temp_name(path, "trash")
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: PathLike) -> Iterator[Path]:
+    """Yield a fresh temp folder next to ``path``; when the block succeeds it is renamed to ``path``.
+
+    Everything written into it is fsynced before the rename, so after the rename the folder is complete
+    on disk too. On an exception the temp folder is deleted.
+
+    Raises:
+        FileExistsError: ``path`` already exists (non-empty) when the block ends, e.g. another process
+            finished the same folder first; the temp folder is deleted. Callers decide whether the
+            existing one will do (see ``datasets.cache.build_once``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path, "tmpdir")
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        try:
+            os.rename(tmp, path)  # replaces only an empty folder; a non-empty one raises
+        except OSError as e:
+            if path.exists():
+                raise FileExistsError(f"{path} already exists") from e
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    fsync_dir(path.parent)
