@@ -242,8 +242,8 @@ def test_batch_sampler_contract_errors(tmp_path):
     kw = dict(cfg=EngineConfig(epochs=1), output_dir=tmp_path, loss_fn=ce_loss)
     with pytest.raises(ValueError, match="batch_size or batch_sampler, not both"):
         fit(mlp(), data, batch_size=8, batch_sampler=sampler, **kw)
-    with pytest.raises(ValueError, match="batch_size=None"):
-        fit(mlp(), data, **kw)
+    # without either, the loader takes cfg.batch_size: 16 samples in batches of 4
+    assert fit(mlp(), data, **{**kw, "cfg": EngineConfig(epochs=1, batch_size=4)}).steps == 4
     sampler.num_replicas = 2  # built for a two-process run
     with pytest.raises(ValueError, match="built for 2 process"):
         fit(mlp(), data, batch_sampler=sampler, **kw)
