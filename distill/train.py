@@ -52,7 +52,7 @@ from eval.attributes import AttributeAP, format_ap_table, mean_average_precision
 from tasks.checkpoint import checkpoint_meta, save_checkpoint
 from tasks.classifier import ClassifierModelConfig, ImageDataConfig, predict_outputs
 from tasks.cli import run_cli
-from tasks.config import load_config
+from tasks.config import build_section, deep_merge, load_config, read_yaml_mapping
 from tasks.distributed import DistInfo, pick_device
 from tasks.engine import EngineConfig
 from tasks.flags import add_alias, flag_overrides, train_parser
@@ -176,13 +176,13 @@ def resolve_config(args: argparse.Namespace) -> DistillConfig:
     if embedded_default(args):
         from distill.default import prepare_default
 
+        # every value is checked before the default's data and teacher are written (minutes on a CPU)
+        build_section(DistillConfig, deep_merge(read_yaml_mapping(DEFAULT_CONFIG), overrides),
+                      f"{DEFAULT_CONFIG} + command line")
         paths = prepare_default(device=pick_device(args.device))
         fill = {"distill": {"teacher": paths["teacher"]},
                 "data": {"root": paths["images"], "val_root": paths["val_images"], "val_ann": paths["val_labels"]}}
-        from tasks.config import deep_merge
-
-        overrides = deep_merge(fill, overrides)
-        return load_config(DistillConfig, None, overrides=overrides, default=DEFAULT_CONFIG)
+        return load_config(DistillConfig, None, overrides=deep_merge(fill, overrides), default=DEFAULT_CONFIG)
     return load_config(DistillConfig, args.config, overrides=overrides)
 
 
