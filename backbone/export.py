@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from datasets.io import atomic_path
+from datasets.io import atomic_path, run_cli
 
 from .mobilenet_v1 import ACTIVATIONS, MIN_INPUT_SIZE, mobilenet_v1
 from .pretrained import load_pretrained
@@ -175,4 +175,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

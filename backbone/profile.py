@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from .mobilenet_v1 import CONV_TYPES, MIN_INPUT_SIZE, ConvBnAct, DepthwiseSeparable, mobilenet_v1
+from datasets.io import run_cli
 
 __all__ = [
     "LAYER_TYPES",
@@ -718,4 +719,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -17,11 +17,14 @@ import json
 import os
 import secrets
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
+    "USER_ERRORS",
+    "run_cli",
     "atomic_dir",
     "atomic_path",
     "atomic_write",
@@ -184,3 +187,38 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     fsync_dir(path.parent)
+
+
+# --------------------------------------------------------------------------------------------
+# The ending of every command
+# --------------------------------------------------------------------------------------------
+
+# Errors that mean "the input is wrong", not "the code is wrong". Any other exception class can say the
+# same with a class attribute ``user_error = True`` (the engine's non-finite-loss stop, the face index's).
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
+)
+
+
+def run_cli(main: Callable[[], Any], errors: tuple[type[BaseException], ...] = ()) -> None:
+    """Run a command's ``main()``: a user error prints one ``error: ...`` line and exits with status 2.
+
+    The loaders raise their errors naming the file, field and value, so the message alone says what
+    to fix; ``--debug`` on the command line shows the traceback instead. Anything that is not a user
+    error is a bug and keeps its traceback. An integer ``main()`` returns is the exit status.
+
+    Args:
+        main: the command.
+        errors: more user-error types of that command.
+    """
+    try:
+        code = main()
+    except Exception as exc:
+        if not (isinstance(exc, USER_ERRORS + tuple(errors)) or getattr(exc, "user_error", False)):
+            raise
+        if "--debug" in sys.argv[1:]:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        raise SystemExit(code)

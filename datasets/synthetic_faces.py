@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from datasets.cache import CACHE_ENV, default_cache_dir, ensure_cached
+from datasets.io import run_cli
 
 __all__ = [
     "ATTRIBUTE_NAMES",
@@ -731,4 +732,4 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

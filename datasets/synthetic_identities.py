@@ -30,6 +30,7 @@ from PIL import Image
 from datasets import synthetic_faces as fs
 from datasets.cache import ensure_cached
 from datasets.faces import scan_identity_folders, write_pairs
+from datasets.io import run_cli
 
 __all__ = ["SYNTH_DEFAULTS", "SYNTH_VERSION", "ensure_synthetic_faces", "main", "write_synthetic_faces"]
 
@@ -221,4 +222,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_cli(main)

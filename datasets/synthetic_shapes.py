@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 from datasets.cache import CACHE_ENV, MARKER, build_once, cache_marker, default_cache_dir, ensure_cached
-from datasets.io import atomic_write_json
+from datasets.io import atomic_write_json, run_cli
 
 __all__ = [
     "CATEGORIES",
@@ -452,4 +452,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_cli(main)

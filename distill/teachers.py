@@ -55,6 +55,8 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
+from tasks.config import read_yaml_mapping
+
 __all__ = [
     "OUTPUT_KINDS",
     "TASKS",
@@ -137,14 +139,7 @@ class TeacherConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> TeacherConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"teacher config not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path} is not valid YAML: {e}") from e
-        return cls.from_mapping(data, str(path))
+        return cls.from_mapping(read_yaml_mapping(path), str(path))
 
     def over(self, base: TeacherConfig) -> TeacherConfig:
         """Settings of ``self`` where given, else those of ``base``."""

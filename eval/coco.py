@@ -29,7 +29,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from datasets.io import atomic_write, atomic_write_json
+from datasets.io import atomic_write, atomic_write_json, run_cli
 
 __all__ = [
     "STAT_KEYS",
@@ -461,11 +461,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     for flag in ("out", "plot"):
         target = getattr(args, flag)
         if target and not Path(target).resolve().parent.is_dir():
-            raise SystemExit(f"--{flag}: directory of {target!r} does not exist")
-    try:
-        result = evaluate_detections(args.gt, args.dt, args.iou_type, verbose=args.verbose, progress=True)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+            raise FileNotFoundError(f"--{flag}: directory of {target!r} does not exist")
+    result = evaluate_detections(args.gt, args.dt, args.iou_type, verbose=args.verbose, progress=True)
 
     print(f"{args.iou_type} evaluation of {result.num_detections} detections, {len(result.cat_ids)} categories")
     print(format_stats(result.stats))
@@ -479,4 +476,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

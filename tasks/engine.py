@@ -226,6 +226,9 @@ class EngineConfig:
 class NonFiniteLossError(RuntimeError):
     """The loss (or, when clipping, the gradient norm) became NaN/inf; training stopped.
 
+    A user error for the command line (``user_error``): the data or the settings diverge, and the
+    message says where.
+
     Raised before the offending batch touches the weights; no checkpoint is written after it.
 
     Attributes:
@@ -234,6 +237,8 @@ class NonFiniteLossError(RuntimeError):
         losses: the loss components at that step (the total under "loss").
         what: "loss" or "gradient norm".
     """
+
+    user_error = True
 
     def __init__(self, epoch: int, step: int, losses: Mapping[str, float], what: str = "loss") -> None:
         self.epoch, self.step, self.losses, self.what = epoch, step, dict(losses), what

@@ -130,12 +130,11 @@ def main(argv: list[str]) -> int:
         install(_Trap(point, int(nth), mode))
     if op == "cli":
         from tasks.cli import run_cli
-        from tasks.faces.index import FaceIndexError
         from tasks.faces.search import main as search_main
 
         sys.argv = ["tasks.faces.search", *rest]
         try:
-            run_cli(search_main, errors=(FaceIndexError,))
+            run_cli(search_main)
         except SystemExit as e:
             return int(e.code or 0)
         return 0

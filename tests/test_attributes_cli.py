@@ -19,15 +19,11 @@ from tasks.attributes.model import build_attribute_model
 from tasks.checkpoint import checkpoint_meta, load_model, save_checkpoint
 from tasks.classifier import classifier_spec
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 RES = 48
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -12,19 +12,14 @@ from tasks.detection.common import IMAGENET_MEAN
 from tasks.detection.profile import profile_detector
 from tasks.detection.ssd import extra_depths_for
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SSD_ARCHS = ["ssd300", "ssdlite300"]
 FRCNN_ARCHS = ["faster_rcnn300", "faster_rcnn600"]
 SSD_LOSSES = {"bbox_regression", "classification"}
 FRCNN_LOSSES = {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI / dev machines have 2 shared cores: one thread per test avoids oversubscription (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def small(arch, num_classes=4, **kw):

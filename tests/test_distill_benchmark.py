@@ -16,16 +16,11 @@ import torch
 
 from benchmarks import distill as bench
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL = dict(alpha=0.25, resolution=48, batch_size=2, rounds=2, reps=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the 2 CI cores are shared with other processes."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -19,18 +19,14 @@ from distill import train as distill_train
 from tasks.attributes.model import attribute_loss
 from tasks.engine import EngineConfig, fit
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # Attributes a 0.25 MobileNet-64 picks up within a test's budget (thin glasses, earrings and
 # cheek colour need far more steps from scratch).
 ATTRS = ["Smiling", "Wearing_Hat", "Beard"]
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _block(i: int, o: int) -> nn.Module:

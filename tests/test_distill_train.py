@@ -17,15 +17,11 @@ from datasets.synthetic_faces import ensure_face_attributes
 from distill import train as distill_train
 from tasks.checkpoint import load_checkpoint, load_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 RES = 48
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 class SmallTeacher(nn.Module):

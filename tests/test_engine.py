@@ -32,16 +32,12 @@ from tasks.engine import (
     lr_factor,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 NUM_CLASSES = 4
 DIM = 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def blobs(n: int, seed: int) -> TensorDataset:

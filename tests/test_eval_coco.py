@@ -328,8 +328,11 @@ def test_cli_writes_json_and_png(tmp_path, files, capsys):
 
 def test_cli_bad_input_exits_with_message(tmp_path, files):
     bad = write_json(tmp_path / "bad_dt.json", [dict(files[1][0], image_id=31337)])
-    with pytest.raises(SystemExit, match="31337"):
+    with pytest.raises(ValueError, match="31337"):
         main(["--gt", str(files[2]), "--dt", str(bad)])
+    proc = subprocess.run([sys.executable, "-m", "eval.coco", "--gt", str(files[2]), "--dt", str(bad)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "31337" in proc.stderr
 
 
 def test_module_entry_point(tmp_path, files):

@@ -28,18 +28,13 @@ from tasks.checkpoint import load_checkpoint
 from tasks.detection.build import build_detector
 from tasks.engine import EngineConfig, NonFiniteLossError, fit
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 BAD = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 DETECTORS = ("ssd300", "ssdlite300", "faster_rcnn300")
 SIZES = {"ssd300": 128, "ssdlite300": 128, "faster_rcnn300": 96}  # small inputs: well under a second a batch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI / dev machines have 2 shared cores: one torch thread per test avoids oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _detector(arch: str) -> nn.Module:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from backbone.profile import count_mult_adds
 
 from .build import build_detector
+from tasks.cli import run_cli
 
 __all__ = ["DetectorProfile", "profile_detector", "PAPER_TABLE13", "main"]
 
@@ -231,4 +232,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -77,7 +77,9 @@ HNSW_EF_SEARCH = 64
 
 
 class FaceIndexError(RuntimeError):
-    """Base class of gallery errors."""
+    """Base class of gallery errors (a user error on the command line: a wrong or damaged gallery)."""
+
+    user_error = True
 
 
 class IndexCorruptError(FaceIndexError):

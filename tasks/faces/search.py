@@ -297,4 +297,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main, errors=(FaceIndexError,))
+    run_cli(main)
