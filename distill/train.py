@@ -48,6 +48,7 @@ from distill.losses import (
     hinton_kd_loss,
     make_hint_adapter,
 )
+from distill.recipe import apply_recipe
 from distill.student import DistillModel, build_student, save_student, student_spec
 from distill.teachers import TASKS, Teacher, TeacherOutputError, load_teacher
 from eval.attributes import AttributeAP, format_ap_table, mean_average_precision
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", default=None, help="last.pt to continue from")
     r.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     r.add_argument("--metric", default="teacher_agreement", help="metric that selects best.pt")
-    add_engine_flags(p, epochs=10, lr=1e-3, optimizer="adamw", weight_decay=0.0)
+    add_engine_flags(p, epochs=10, lr=None, optimizer="adamw", weight_decay=0.0)  # lr None: distill.recipe
     return p
 
 
@@ -235,6 +236,8 @@ def run(args: argparse.Namespace, engine: dict[str, Any], explicit: set[str]) ->
     if args.labels is None and args.hard_weight > 0:
         raise ValueError("--hard-weight > 0 needs --labels")
     metric_mode = "min" if args.metric in _MIN_METRICS else "max"
+    if (recipe_note := apply_recipe(args, engine, explicit)) is not None:  # no --lr: batch/width rule + warmup
+        _say(recipe_note)
     cfg = build_engine_config(args, engine, explicit, metric=args.metric, metric_mode=metric_mode,
                               source=args.config or "flags")
     device = pick_device(args.device)
