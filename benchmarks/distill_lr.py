@@ -270,15 +270,20 @@ def _fmt_lr(lr: float | None) -> str:
 
 
 def format_table(rows: list[dict[str, Any]], lrs: Sequence[float]) -> str:
-    head = ["teacher", "majority", *[f"lr {lr:g}" for lr in lrs], "default (peak lr)", "best sweep", "gap"]
+    """Markdown table: mean agreement over seeds, with the seeds' range when there are several."""
+    def cell(run: dict[str, Any]) -> str:
+        a = run["agreements"]
+        return f"{run['agreement']:.3f}" + (f" ({min(a):.3f}-{max(a):.3f})" if len(a) > 1 else "")
+
+    head = ["teacher", "majority", *[f"lr {lr:g}" for lr in lrs], "default", "default's peak lr", "gap to best"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        sweep = [r["runs"][_fmt_lr(lr)]["agreement"] for lr in lrs]
+        sweep = [r["runs"][_fmt_lr(lr)] for lr in lrs]
         d = r["runs"]["default"]
-        best = max(sweep)
+        best = max(s["agreement"] for s in sweep)
         lines.append("| " + " | ".join([
-            r["teacher"], f"{r['majority']:.3f}", *[f"{a:.3f}" for a in sweep],
-            f"{d['agreement']:.3f} ({d['peak_lr']:.2g})", f"{best:.3f}", f"{d['agreement'] - best:+.3f}"]) + " |")
+            r["teacher"], f"{r['majority']:.3f}", *[cell(s) for s in sweep], cell(d), f"{d['peak_lr']:.3g}",
+            f"{d['agreement'] - best:+.3f}"]) + " |")
     return "\n".join(lines)
 
 
