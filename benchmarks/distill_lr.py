@@ -259,10 +259,9 @@ def run_distill(argv: list[str], *, threads: int | None) -> dict[str, Any]:
     if proc.returncode != 0:
         raise RuntimeError(f"distill.train {' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     summary = json.loads((Path(out) / "summary.json").read_text())
-    lr = json.loads((Path(out) / "metrics.jsonl").read_text().splitlines()[0])
-    cfg = yaml.safe_load((Path(out) / "config.yaml").read_text())
+    cfg = yaml.safe_load((Path(out) / "config.yaml").read_text())  # the lr and warmup the run really used
     return {"agreement": summary["teacher_agreement"], "wall_s": wall, "peak_lr": cfg["engine"]["lr"],
-            "warmup_iters": cfg["engine"]["warmup_iters"], "first_epoch_lr": lr["lr"]}
+            "warmup_iters": cfg["engine"]["warmup_iters"]}
 
 
 def _fmt_lr(lr: float | None) -> str:
@@ -312,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--resolution", type=int, default=64, help="image size and student resolution")
     p.add_argument("--alpha", type=float, default=0.25)
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="--seed of the runs; the table shows the mean")
-    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more distill.train flags for every run")
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more distill.train flags for every run (give this option last)")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run (0: leave it)")
     p.add_argument("--cache-dir", default=None, help="default $MOBILENET_SUITE_CACHE/distill-lr-bench")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
