@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ from distill.losses import (
     hinton_kd_loss,
     make_hint_adapter,
 )
+from distill.recipe import apply_recipe
 from distill.student import DistillModel
 from distill.teachers import TASKS, Teacher, TeacherOutputError, load_teacher
 from eval.attributes import AttributeAP, format_ap_table, mean_average_precision
@@ -169,11 +171,18 @@ def embedded_default(args: argparse.Namespace) -> bool:
 
 
 def resolve_config(args: argparse.Namespace) -> DistillConfig:
-    """The YAML config (the embedded default's when nothing names a teacher) with the flags on top."""
+    """The YAML config (the embedded default's when nothing names a teacher) with the flags on top.
+
+    Without a learning rate in the flags or the YAML, ``distill.recipe`` sets it from the batch size
+    and the student's width (and a short warmup); the resolved values go into ``config.yaml``.
+    """
     overrides = flag_overrides(args, _TASK_FLAGS)
     if args.metric is not None:
         overrides["train"]["metric_mode"] = "min" if args.metric in _MIN_METRICS else "max"
-    if embedded_default(args):
+    embedded = embedded_default(args)
+    source = DEFAULT_CONFIG if embedded else args.config
+    yaml_train = (read_yaml_mapping(source).get("train") or {}) if source is not None else {}
+    if embedded:
         from distill.default import prepare_default
 
         # every value is checked before the default's data and teacher are written (minutes on a CPU)
@@ -182,8 +191,14 @@ def resolve_config(args: argparse.Namespace) -> DistillConfig:
         paths = prepare_default(device=pick_device(args.device))
         fill = {"distill": {"teacher": paths["teacher"]},
                 "data": {"root": paths["images"], "val_root": paths["val_images"], "val_ann": paths["val_labels"]}}
-        return load_config(DistillConfig, None, overrides=deep_merge(fill, overrides), default=DEFAULT_CONFIG)
-    return load_config(DistillConfig, args.config, overrides=overrides)
+        cfg = load_config(DistillConfig, None, overrides=deep_merge(fill, overrides), default=DEFAULT_CONFIG)
+    else:
+        cfg = load_config(DistillConfig, args.config, overrides=overrides)
+    note = apply_recipe(cfg.train, cfg.model.alpha, lr_given=args.lr is not None or "lr" in yaml_train,
+                        warmup_given=args.warmup_iters is not None or "warmup_iters" in yaml_train)
+    if note and int(os.environ.get("RANK", "0")) == 0:
+        print(note)
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------------
