@@ -55,7 +55,7 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
-from tasks.config import read_yaml_mapping
+from tasks.config import check_keys, read_yaml_mapping
 
 __all__ = [
     "OUTPUT_KINDS",
@@ -102,10 +102,7 @@ class TeacherConfig:
             return cls()
         if not isinstance(data, dict):
             raise ValueError(f"{source}: a teacher config must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown teacher setting(s) {unknown}; known: {sorted(known)}")
+        check_keys(data, {f.name for f in fields(cls)}, source)
         cfg = cls()
         if data.get("input_size") is not None:
             cfg.input_size = _parse_size(data["input_size"], f"{source}: input_size")

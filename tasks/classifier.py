@@ -13,7 +13,7 @@ reads any classifier checkpoint.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,15 +116,6 @@ def build_classifier(*, num_outputs: int, backbone: str = "mobilenet_v1", alpha:
     if pretrained_backbone:
         load_pretrained(model, pretrained_backbone)
     return model
-
-
-def spec_from_mapping(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """A build spec checked for completeness (checkpoints of other tools name what is missing)."""
-    missing = [k for k in ("backbone", "alpha", "num_outputs") if k not in spec]
-    if missing:
-        raise ValueError(f"classifier spec {dict(spec)!r} lacks {missing}")
-    return classifier_spec(num_outputs=spec["num_outputs"], backbone=spec["backbone"], alpha=spec["alpha"],
-                           dropout=spec.get("dropout", 0.0))
 
 
 @torch.no_grad()

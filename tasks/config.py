@@ -26,7 +26,7 @@ import yaml
 
 from tasks.checkpoint import to_plain
 
-__all__ = ["build_section", "config_to_dict", "deep_merge", "load_config", "read_yaml_mapping"]
+__all__ = ["build_section", "check_keys", "config_to_dict", "deep_merge", "load_config", "read_yaml_mapping"]
 
 T = TypeVar("T")
 
@@ -63,6 +63,14 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 def _suggest(key: str, known: list[str]) -> str:
     close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_keys(data: Mapping[str, Any], known: list[str] | set[str], where: str) -> None:
+    """The one unknown-key check: a key outside ``known`` is a ``ValueError`` suggesting the closest."""
+    known = sorted(known)
+    for key in data:
+        if key not in known:
+            raise ValueError(f"{where}: unknown key {key!r}{_suggest(key, known)}; known: {known}")
 
 
 def _type_name(tp: Any) -> str:
@@ -138,10 +146,7 @@ def build_section(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T
         raise ValueError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls) if f.init]
-    for key in data:
-        if key not in known:
-            raise ValueError(f"{where}: unknown key {key!r}{_suggest(key, known)}; known: {sorted(known)}")
+    check_keys(data, [f.name for f in dataclasses.fields(cls) if f.init], where)
     defaults = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for key, value in data.items():

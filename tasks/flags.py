@@ -23,9 +23,8 @@ hidden aliases that warn.
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 __all__ = [
     "COMMON_TRAIN_FLAGS",
@@ -119,29 +118,20 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[last] = value
 
 
-def flag_overrides(args: argparse.Namespace, extra: Mapping[str, str] | None = None,
-                   skip: Iterable[str] = ()) -> dict[str, Any]:
+def flag_overrides(args: argparse.Namespace, extra: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The nested config overrides of the flags that were given (``None`` = not given).
 
     Args:
         args: parsed flags.
         extra: the task's own flags, dest -> dotted config key (e.g. ``{"arch": "model.arch"}``).
-        skip: common flags the task maps itself (e.g. faces' ``batch_size``).
     """
     mapping = {dest: key for dest, (key, _, _) in COMMON_TRAIN_FLAGS.items()}
     mapping["amp"] = "train.amp"
     mapping.update(extra or {})
     out: dict[str, Any] = {}
-    skipped = set(skip)
     for dest, key in mapping.items():
         value = getattr(args, dest, None)
-        if value is None or dest in skipped:
+        if value is None:
             continue
         _set(out, key, list(value) if isinstance(value, tuple) else value)
     return out
-
-
-def given(argv: list[str] | None, *flags: str) -> bool:
-    """Whether any of ``flags`` appears on the command line (``--flag`` or ``--flag=value``)."""
-    argv = sys.argv[1:] if argv is None else argv
-    return any(a == f or a.startswith(f + "=") for a in argv for f in flags)

@@ -354,7 +354,7 @@ def test_bad_input_raises():
         build_detector("yolo", 4)
     with pytest.raises(ValueError, match="num_classes"):
         build_detector("ssd300", 1)
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(ValueError, match="unknown key"):
         build_detector("ssd300", 4, anchor_sizes=[32])  # a Faster R-CNN option
     with pytest.raises(ValueError, match="alpha"):
         build_detector("ssd300", 4, backbone="mobilenetv2_100", alpha=0.5)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
+from tasks.config import check_keys
 
 from .anchors import RPN_RATIOS, RPN_SCALES, TF_SSD_RATIOS, TFSSDAnchorGenerator, rpn_anchor_sizes
 from .common import resolve_norm, split_backbone
@@ -87,10 +88,7 @@ SSD_HEADS = ("conv1x1", "conv3x3", "separable")
 
 
 def _options(cls: type, arch: str, overrides: dict[str, Any]):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for arch {arch!r}; allowed: {sorted(names)}")
+    check_keys(overrides, {f.name for f in dataclasses.fields(cls)}, f"model.options of arch {arch!r}")
     opts = cls(**overrides)
     for f in dataclasses.fields(cls):
         value = getattr(opts, f.name)

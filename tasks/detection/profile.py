@@ -22,6 +22,7 @@ from backbone.profile import count_mult_adds
 
 from .build import build_detector
 from tasks.cli import run_cli
+from tasks.distributed import pick_device
 
 __all__ = ["DetectorProfile", "profile_detector", "PAPER_TABLE13", "main"]
 
@@ -182,12 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="mobilenet_v1")
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--num-classes", type=int, default=91, help="including background (default 91, see the notes)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.device = pick_device(args.device)
     if args.num_classes < 2:
         raise ValueError(f"--num-classes must be >= 2, got {args.num_classes}")
     runs = [
