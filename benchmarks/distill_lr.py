@@ -9,7 +9,7 @@ teacher with 6 attribute outputs and a folder of 600 unlabeled 64 px images, and
   (warmth, brightness, contrast, saturation, centre vs border, top vs bottom), as sigmoids;
 * ``random``: a frozen randomly initialised small CNN with 6 sigmoid outputs, its last layer
   rescaled on the unlabeled images so that outputs are neither all near 0.5 nor saturated;
-* ``trained``: a small CNN trained briefly on the labels of the drawn faces (``datasets.faces_synth``)
+* ``trained``: a small CNN trained briefly on the labels of the drawn faces (``datasets.synthetic_faces``)
   for 6 of their attributes, output as logits,
 
 it runs ``distill.train`` once per learning rate of a sweep (``--lrs``, default 1e-3 3e-3 1e-2) and
@@ -67,8 +67,8 @@ TRAINED_ATTRS = ("Eyeglasses", "Smiling", "Wearing_Hat", "Beard", "Bangs", "Rosy
 
 def build_data(cache: Path, *, num_images: int, num_val: int, size: int) -> dict[str, str]:
     """The drawn-face set: ``labeled`` (trains the ``trained`` teacher), ``unlabeled`` (the student's
-    ``--images``), ``val`` (held-out validation folder); see ``datasets.faces_synth``."""
-    from datasets.faces_synth import ensure_face_attributes
+    ``--images``), ``val`` (held-out validation folder); see ``datasets.synthetic_faces``."""
+    from datasets.synthetic_faces import ensure_face_attributes
 
     return ensure_face_attributes(str(cache), num_labeled=800, num_unlabeled=num_images, num_val=num_val,
                                   image_size=size, seed=11, nuisance_strength=0.5, progress=True)

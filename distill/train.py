@@ -50,7 +50,7 @@ from distill.losses import (
 from distill.recipe import apply_recipe
 from distill.student import DistillModel
 from distill.teachers import TASKS, Teacher, TeacherOutputError, load_teacher
-from eval.attributes import AttributeAP, format_ap_table, mean_average_precision
+from eval.attributes import AttributeAP, format_ap_table, mean_average_precision, plot_ap_bars
 from tasks.checkpoint import checkpoint_meta, save_checkpoint
 from tasks.classifier import ClassifierModelConfig, ImageDataConfig, predict_outputs
 from tasks.cli import run_cli
@@ -449,7 +449,11 @@ def _build(cfg: DistillConfig, p: _Prepared, dist: DistInfo) -> TrainJob:
             "student_checkpoint": str(out / "student.pt"),
         }
         text = _format_summary(extra, p.teacher_label, lab)
-        return Report(metrics=metrics, text=text, extra=extra)
+        plots = []
+        if p.teacher_label is not None and lab is not None and p.teacher_label[2] is not None:
+            plots.append(plot_ap_bars({"teacher": p.teacher_label[2], "student": lab[2]}, out / "val_ap.png",
+                                      title=f"teacher and student on {len(p.val)} validation images"))
+        return Report(metrics=metrics, text=text, extra=extra, plots=plots)
 
     lines = [f"student : {cfg.model.backbone} alpha {cfg.model.alpha} @ {cfg.model.resolution}, {p.width} outputs; "
              f"{task} distillation{' from cached teacher outputs' if cache is not None else ' with the teacher in the loop'}"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -145,3 +146,44 @@ def format_ap_table(results: dict[str, AttributeAP] | AttributeAP) -> str:
     lines.append("-" * len(head))
     lines.append(f"{'mean AP':<{width}}  " + "  ".join(fmt(results[c].mean_ap, w) for c, w in zip(cols, colw)))
     return "\n".join(lines)
+
+
+def plot_ap_bars(results: dict[str, AttributeAP] | AttributeAP, path: str | Path,
+                 title: str = "average precision per attribute") -> Path:
+    """Write a PNG of each attribute's AP as grouped horizontal bars, one colour per model, the mean in the legend.
+
+    Args:
+        results: as for :func:`format_ap_table`.
+        path: the PNG (its folder must exist); written atomically.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from datasets.io import atomic_write
+
+    if isinstance(results, AttributeAP):
+        results = {"AP": results}
+    format_ap_table(results)  # the same checks: non-empty, the same attributes everywhere
+    out = Path(path)
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"folder for the AP plot does not exist: {out.parent}")
+    names = next(iter(results.values())).names
+    fig = Figure(figsize=(6.5, 1.2 + 0.35 * len(names) * max(1, len(results)) ** 0.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    height = 0.8 / len(results)
+    y = np.arange(len(names))
+    for k, (label, r) in enumerate(results.items()):
+        values = np.nan_to_num(np.asarray(r.ap, dtype=float), nan=0.0)  # an attribute without AP draws no bar
+        ax.barh(y + (k - (len(results) - 1) / 2) * height, values, height=height,
+                label=f"{label} (mean AP {100 * r.mean_ap:.1f}%)")
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("average precision")
+    ax.set_title(title)
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110), "wb")
+    return out

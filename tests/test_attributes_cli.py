@@ -59,6 +59,7 @@ def test_training_learns_well_above_chance(tmp_path, many_faces):
     assert summary["mean_ap"] > chance + 0.15, (summary["mean_ap"], chance)
     assert summary["mean_ap"] > recs[0]["eval"]["mean_ap"]
     assert json.loads((out / "summary.json").read_text())["metrics"]["mean_ap"] == pytest.approx(summary["mean_ap"])
+    assert (out / "val_ap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_train_then_evaluate(tmp_path, faces, capsys):

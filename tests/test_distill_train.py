@@ -66,7 +66,7 @@ def test_end_to_end_outputs(tmp_path, faces, capsys):
     out = tmp_path / "run"
     summary = distill_train.main(_args(teacher, faces, out, "--epochs", "2"))
     printed = capsys.readouterr().out
-    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "student.pt", "summary.json"):
+    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "student.pt", "summary.json", "val_ap.png"):
         assert (out / name).is_file(), name
     recs = _records(out)
     assert [r["epoch"] for r in recs] == [1, 2]

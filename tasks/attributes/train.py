@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from datasets.attributes import AttributeDataset
 from datasets.images import build_image_transform, split_holdout
-from eval.attributes import AttributeAP, format_ap_table, mean_average_precision
+from eval.attributes import AttributeAP, format_ap_table, mean_average_precision, plot_ap_bars
 from tasks.checkpoint import checkpoint_meta
 from tasks.classifier import ClassifierModelConfig, ImageDataConfig, predict_outputs
 from tasks.cli import run_cli
@@ -135,7 +135,8 @@ def _build(cfg: AttributesConfig, data: tuple[AttributeDataset, AttributeDataset
     def report(best: torch.nn.Module, meta: Mapping[str, Any], out: Path) -> Report:
         res = evaluate_attributes(best, loader, names, dist.device, amp=cfg.train.amp)
         text = f"validation ({len(val)} images):\n{format_ap_table({'best.pt': res})}"
-        return Report(metrics=ap_metrics(res), text=text)
+        plot = plot_ap_bars({"best.pt": res}, out / "val_ap.png", title=f"validation AP ({len(val)} images)")
+        return Report(metrics=ap_metrics(res), text=text, plots=[plot])
 
     lines = [f"attributes: {len(names)} ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''}); "
              f"train {len(train)} images, val {len(val)} images; {cfg.model.backbone} alpha {cfg.model.alpha} "

@@ -33,48 +33,64 @@ __all__ = ["build_parser", "main", "predict_images"]
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tasks.detection.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("images", nargs="+", help="image files")
-    add_eval_flags(p, batch_size=1)
+    add_eval_flags(p, batch_size=8)
     add_alias(p, "--out", "--out-dir")
     p.add_argument("--score-thresh", type=float, default=0.3, help="draw and keep detections above this score")
     return p
 
 
 def predict_images(
-    checkpoint: str, paths: Sequence[str], *, score_thresh: float = 0.3, device: str = "cpu"
+    checkpoint: str, paths: Sequence[str], *, score_thresh: float = 0.3, device: str = "cpu", batch_size: int = 8,
 ) -> tuple[list[dict[str, Any]], list[tuple[np.ndarray, dict]]]:
-    """Detections per image (original pixels, real category ids) and the images they were made on."""
+    """Detections per image (original pixels, real category ids) and the images they were made on.
+
+    Images are decoded and run ``batch_size`` at a time (images of one size share a forward pass).
+    """
     if not 0.0 <= score_thresh <= 1.0:
         raise ValueError(f"--score-thresh must be in [0, 1], got {score_thresh}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     model, meta = load_detector(checkpoint, device)
     transform = transforms_for(model, False)
     names, to_cat = meta["labels"], meta["label_to_cat_id"]
     records, drawn = [], []
-    for path in tqdm(paths, desc="predict", disable=len(paths) < 2):
-        pil = load_rgb_image(path)  # FileNotFoundError / ValueError naming the file
-        w, h = pil.size
-        image = tv_tensors.Image(torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1))
-        empty = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(h, w)),
-                 "labels": torch.zeros(0, dtype=torch.int64), "iscrowd": torch.zeros(0, dtype=torch.int64)}
-        x, _ = transform(image, empty)
-        x = x.as_subclass(torch.Tensor)
-        x = x.float().div(255.0) if not x.is_floating_point() else x.float()
-        (pred,) = predict_batches(model, [x], device)
-        keep = pred["scores"] >= score_thresh
-        boxes = rescale_boxes(pred["boxes"][keep], torch.tensor(x.shape[-2:]), torch.tensor([h, w]))
-        dets = []
-        for box, score, label in zip(boxes.tolist(), pred["scores"][keep].tolist(), pred["labels"][keep].tolist()):
-            x1, y1, x2, y2 = box
-            dets.append({"bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                         "category_id": to_cat[int(label)], "category": names[int(label)], "score": round(score, 4)})
-        records.append({"image": str(path), "width": w, "height": h, "detections": dets})
-        drawn.append((np.array(pil), {"boxes": boxes, "labels": [f"{d['category']} {d['score']:.2f}" for d in dets]}))
+    with tqdm(total=len(paths), desc="predict", disable=len(paths) < 2) as bar:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            pils, inputs = [], []
+            for path in chunk:
+                pil = load_rgb_image(path)  # FileNotFoundError / ValueError naming the file
+                w, h = pil.size
+                image = tv_tensors.Image(torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1))
+                empty = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(h, w)),
+                         "labels": torch.zeros(0, dtype=torch.int64), "iscrowd": torch.zeros(0, dtype=torch.int64)}
+                x, _ = transform(image, empty)
+                x = x.as_subclass(torch.Tensor)
+                inputs.append(x.float().div(255.0) if not x.is_floating_point() else x.float())
+                pils.append(pil)
+            for path, pil, x, pred in zip(chunk, pils, inputs, predict_batches(model, inputs, device)):
+                w, h = pil.size
+                keep = pred["scores"] >= score_thresh
+                boxes = rescale_boxes(pred["boxes"][keep], torch.tensor(x.shape[-2:]), torch.tensor([h, w]))
+                dets = []
+                for box, score, label in zip(boxes.tolist(), pred["scores"][keep].tolist(),
+                                             pred["labels"][keep].tolist()):
+                    x1, y1, x2, y2 = box
+                    dets.append({"bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                                 "category_id": to_cat[int(label)], "category": names[int(label)],
+                                 "score": round(score, 4)})
+                records.append({"image": str(path), "width": w, "height": h, "detections": dets})
+                drawn.append((np.array(pil), {"boxes": boxes,
+                                              "labels": [f"{d['category']} {d['score']:.2f}" for d in dets]}))
+            bar.update(len(chunk))
     return records, drawn
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = build_parser().parse_args(argv)
     device = pick_device(args.device)
-    records, drawn = predict_images(args.checkpoint, args.images, score_thresh=args.score_thresh, device=device)
+    records, drawn = predict_images(args.checkpoint, args.images, score_thresh=args.score_thresh, device=device,
+                                    batch_size=args.batch_size)
     out = Path(args.out_dir or Path(args.checkpoint).parent / "predict")
     out.mkdir(parents=True, exist_ok=True)
     from PIL import Image
