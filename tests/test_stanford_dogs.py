@@ -459,7 +459,7 @@ def test_class_folders(tmp_path):
         open_finegrained(tmp_path / "test", classes=index.classes)
 
 
-def test_images_images_without_class_folders(tmp_path):
+def test_loose_images_are_not_class_folders(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "a.jpg")
     (tmp_path / "sub").mkdir()
     with pytest.raises(ValueError, match=r"not a fine-grained data set.*Stanford Dogs.*class folders.*CSV"):
