@@ -209,7 +209,7 @@ def _check_ranges(lat: np.ndarray, lon: np.ndarray, lines: np.ndarray, path: str
     bad_lat = np.abs(lat) > 90.0
     if bad_lat.any():
         k = int(np.flatnonzero(bad_lat)[0])
-        where = f"{path}, line {int(lines[k])}, column {lat_name!r}: latitude {lat[k]!r} is outside [-90, 90]"
+        where = f"{path}, line {int(lines[k])}, column {lat_name!r}: latitude {float(lat[k])!r} is outside [-90, 90]"
         if np.abs(lon).max() <= 90.0:
             raise ValueError(
                 f"{where}, while every value of the longitude column {lon_name!r} fits within [-90, 90]: the "
@@ -220,7 +220,7 @@ def _check_ranges(lat: np.ndarray, lon: np.ndarray, lines: np.ndarray, path: str
     bad_lon = np.abs(lon) > 180.0
     if bad_lon.any():
         k = int(np.flatnonzero(bad_lon)[0])
-        raise ValueError(f"{path}, line {int(lines[k])}, column {lon_name!r}: longitude {lon[k]!r} is outside "
+        raise ValueError(f"{path}, line {int(lines[k])}, column {lon_name!r}: longitude {float(lon[k])!r} is outside "
                          "[-180, 180]")
 
 
