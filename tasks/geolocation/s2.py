@@ -12,9 +12,9 @@ Linux x86_64 and macOS arm64 only; one call per point, about 0.18 M points/s in 
 (pure Python, small, installs everywhere; ids, tokens, levels, parents, lat/lon; about 0.29 M points/s,
 one call per point; agreed with s2geometry on 20,000 random points at level 10) and ``s2sphere``
 (pure Python, archived since 2017, needs the Python-2 ``future`` package). None of them takes arrays, so
-the hot path (lat/lon -> leaf id, parents, levels, tokens) is written here in numpy, about an order of
-magnitude faster (about 20x for leaf ids, ``benchmarks/geolocation.py``), and ``s2cell`` is the dependency: it is the reference
-the tests hold these functions to, and it parses and validates tokens read back from ``cells.csv``.
+the hot path (lat/lon -> leaf id, parents, levels, tokens) is written here in numpy (about 20x faster
+for leaf ids, ``benchmarks/geolocation.py``), and ``s2cell`` is the dependency: it is the reference the
+tests hold these functions to, and it parses and validates the tokens read back from ``cells.csv``.
 
 Two details follow the C++ library rather than ``s2cell``: the face of a point whose largest
 coordinates tie goes to the later axis, and longitudes are used as given (180 and -180 are the same
