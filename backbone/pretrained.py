@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Mapping
@@ -27,6 +28,24 @@ _TIMM_BLOCK = re.compile(r"^blocks\.(\d+)\.(\d+)\.(conv_dw|bn1|conv_pw|bn2)\.(.+
 _TIMM_PARTS = {"conv_dw": "depthwise.conv", "bn1": "depthwise.bn", "conv_pw": "pointwise.conv", "bn2": "pointwise.bn"}
 
 
+def check_torch_file(path: str | os.PathLike) -> None:
+    """Raise ``ValueError`` when ``path`` cannot be a ``torch.save`` file, saying what it is instead.
+
+    ``torch.save`` writes a zip archive (or, before PyTorch 1.6, a pickle stream); anything else would
+    only give ``torch.load``'s paragraph about ``weights_only`` instead of the plain fact.
+    """
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        return
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04"):  # a zip archive without its end: a write cut short
+        raise ValueError(f"{path} is truncated (an incomplete zip archive; was the run killed while writing it?)")
+    if not head.startswith(b"\x80"):
+        what = "an empty file" if not head else f"a file that starts with {head[:8]!r}"
+        raise ValueError(f"{path} is not a checkpoint: torch.save writes a zip archive, this is {what}")
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read a state dict from ``.safetensors`` or a torch file (``weights_only=True``).
 
@@ -40,10 +59,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         from safetensors.torch import load_file
 
         return dict(load_file(str(path)))
+    check_torch_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors, truncated files, non-torch files
-        raise ValueError(f"cannot read weights from {path}: {exc}") from exc
+    except Exception as exc:  # unpickling errors of refused objects, corrupt archives
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot read weights from {path}: {first}") from exc
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]

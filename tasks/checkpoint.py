@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 # atomic_write_text is re-exported: tasks write config.yaml, metrics.jsonl and summaries through it.
+from backbone.pretrained import check_torch_file
 from datasets.io import atomic_write, atomic_write_text
 
 __all__ = [
@@ -74,8 +75,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
             or is not a dict.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give the .pt file (e.g. {path / 'best.pt'})")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        check_torch_file(path)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

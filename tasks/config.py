@@ -62,6 +62,9 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 
 def _suggest(key: str, known: list[str]) -> str:
     close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+    if not close:  # 'lr_rate' -> 'lr': a known key that is the unknown one's first word
+        first = str(key).split("_")[0]
+        close = sorted((k for k in known if k == first or k.split("_")[0] == first), key=len)[:1]
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -129,11 +132,11 @@ def _check(value: Any, tp: Any, where: str) -> Any:
             return dict(value)
         return {_check(k, args[0], f"{where} key"): _check(v, args[1], f"{where}[{k!r}]") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
-        return build_section(tp, value, where)
+        return build_section(tp, value, where, _root=False)
     return value
 
 
-def build_section(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
+def build_section(cls: type[T], data: Mapping[str, Any] | None, where: str, *, _root: bool = True) -> T:
     """Build dataclass ``cls`` from a mapping: the one unknown-key and type check of every config.
 
     Nested dataclass fields are built recursively from nested mappings; a missing key keeps the
@@ -157,7 +160,7 @@ def build_section(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T
             base = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             if dataclasses.is_dataclass(base):
                 value = deep_merge(dataclasses.asdict(base), value)
-        values[key] = _check(value, tp, f"{where}.{key}")
+        values[key] = _check(value, tp, f"{where}: {key}" if _root else f"{where}.{key}")
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:
