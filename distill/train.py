@@ -491,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     output_dir = Path(args.output_dir or ("runs/distill_default" if embedded_default(args) else "runs/distill"))
     summary = run_training("distill", cfg, output_dir=output_dir,
                            prepare=lambda c, dist: _prepare(c, dist, output_dir), build=_build,
-                           device=args.device, resume=args.resume)
+                           device=args.device, resume=args.resume, resume_anyway=args.resume_anyway)
     return summary
 
 

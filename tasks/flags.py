@@ -96,6 +96,8 @@ def add_train_flags(parser: argparse.ArgumentParser, *, default_config: str | No
                    help="mixed precision: fp16 on CUDA, bf16 on CPU [train.amp]")
     g.add_argument("--output-dir", help="where config.yaml, metrics.jsonl, checkpoints, summary.json and plots go")
     g.add_argument("--resume", help="a last.pt to continue from, exactly where it stopped")
+    g.add_argument("--resume-anyway", action="store_true",
+                   help="resume even when the config differs from the checkpoint's (beyond epochs and loading)")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     g.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
 

@@ -25,7 +25,7 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.utils.data import Dataset
 
-from tasks.checkpoint import atomic_write_text, load_model, to_plain
+from tasks.checkpoint import atomic_write_text, load_checkpoint, load_model, to_plain
 from tasks.config import config_to_dict
 from tasks.distributed import DistInfo, cleanup_distributed, init_distributed, pick_device, rank_zero_first
 from tasks.engine import EvaluateFn, LossFn, fit, seed_everything
@@ -92,6 +92,7 @@ def run_training(
     build: Callable[[Any, Any, DistInfo], TrainJob],
     device: str | None = None,
     resume: str | Path | None = None,
+    resume_anyway: bool = False,
 ) -> dict[str, Any]:
     """Prepare data, build, train, reload best.pt, report, summarise (see the module docstring).
 
@@ -101,7 +102,8 @@ def run_training(
         output_dir: the run's folder.
         prepare, build: the task's two functions.
         device: ``--device`` (None: CUDA when available).
-        resume: ``--resume``.
+        resume: ``--resume``; its saved config must match ``cfg`` except in :data:`RESUMABLE` keys.
+        resume_anyway: ``--resume-anyway``: continue even when they differ (the differences are printed).
 
     Returns:
         The summary dict (rank 0 writes it as ``summary.json``; other ranks get the checkpoint paths).
@@ -122,6 +124,8 @@ def run_training(
             for line in job.lines:
                 print(line)
         cfg.train.metric, cfg.train.metric_mode = job.metric, job.metric_mode
+        if resume is not None:  # after build: the task has set what it derives (the metric, a teacher's width)
+            _check_resume(resume, config_to_dict(cfg), resume_anyway)
         result = fit(
             job.model, job.train_set, cfg=cfg.train, output_dir=out,
             loss_fn=job.loss_fn, evaluate_fn=job.evaluate_fn, collate_fn=job.collate_fn,
@@ -160,6 +164,38 @@ def run_training(
     finally:
         if created:
             cleanup_distributed()
+
+
+# Config keys a resumed run may change: more epochs (the schedule follows the new total), how data is loaded
+# and how often it logs. Anything else would silently train another experiment from the checkpoint.
+RESUMABLE = ("train.epochs", "train.log_every", "data.workers", "data.eval_batch_size")
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _check_resume(path: str | Path, config: dict[str, Any], anyway: bool) -> None:
+    """Refuse ``--resume`` from a checkpoint whose config differs from this run's (the keys named)."""
+    saved = load_checkpoint(path).get("config")
+    if not isinstance(saved, dict):
+        raise ValueError(f"--resume {path}: the checkpoint has no saved config; it was not written by this suite's "
+                         "training commands")
+    old, new = _flatten(saved), _flatten(to_plain(config, "config"))
+    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE)
+    if not differ:
+        return
+    listed = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:6])
+    more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
+    if not anyway:
+        raise ValueError(f"--resume {path}: this run's config differs from the checkpoint's in {listed}{more}; "
+                         "resume with the same settings (--config the run's config.yaml), or give --resume-anyway")
+    print(f"warning: resuming {path} with other settings: {listed}{more}")
 
 
 def resolve_workers(workers: int | None, dist: DistInfo) -> int:

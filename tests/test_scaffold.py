@@ -148,3 +148,16 @@ def test_torchrun_two_processes_on_cpu(entry, data, tmp_path):
     model, meta = load_model(out / "best.pt")
     assert summary["metrics"] and meta["task"] == summary["task"]
     assert torch.load(out / "last.pt", weights_only=True)["world_size"] == 2
+
+
+def test_resume_refuses_a_changed_config_unless_told(data, tmp_path):
+    main = importlib.import_module("tasks.attributes.train").main
+    args = [*data["tasks.attributes.train"], "--output-dir", str(tmp_path / "r"), "--device", "cpu"]
+    main(args)
+    last = str(tmp_path / "r" / "last.pt")
+    main([*args, "--epochs", "2", "--resume", last])  # more epochs: the schedule follows the new total
+    assert len(_records(tmp_path / "r")) == 2
+    with pytest.raises(ValueError, match=r"differs from the checkpoint's in train.lr: 0.01 -> 0.5"):
+        main([*args, "--epochs", "3", "--lr", "0.5", "--resume", last])
+    main([*args, "--epochs", "3", "--lr", "0.5", "--resume", last, "--resume-anyway"])
+    assert len(_records(tmp_path / "r")) == 3

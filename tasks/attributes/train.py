@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg = resolve_config(args)
     output_dir = Path(args.output_dir or "runs/attributes")
     summary = run_training("attributes", cfg, output_dir=output_dir, prepare=_prepare, build=_build,
-                           device=args.device, resume=args.resume)
+                           device=args.device, resume=args.resume, resume_anyway=args.resume_anyway)
     summary["mean_ap"] = summary.get("metrics", {}).get("mean_ap")
     return summary
 

@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config_name = Path(args.config).stem if args.config else DEFAULT_CONFIG.stem
     output_dir = Path(args.output_dir or Path("runs") / "detection" / config_name)
     summary = run_training("detection", cfg, output_dir=output_dir, prepare=_prepare, build=_build,
-                           device=args.device, resume=args.resume)
+                           device=args.device, resume=args.resume, resume_anyway=args.resume_anyway)
     summary["stats"] = summary.get("metrics", {})
     return summary
 

@@ -276,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.config is not None and "embedding_dim" in (read_yaml_mapping(args.config).get("model") or {}))
     summary = run_training("faces", cfg, output_dir=output_dir, prepare=_prepare,
                            build=lambda c, d, dist: _build(c, d, dist, dim_given=dim_given),
-                           device=args.device, resume=args.resume)
+                           device=args.device, resume=args.resume, resume_anyway=args.resume_anyway)
     summary.update(summary.get("metrics", {}))
     return summary
 
