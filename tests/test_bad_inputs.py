@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import struct
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -42,10 +44,21 @@ def files(tmp_path_factory):
     (root / "wrong_type.yaml").write_text(yaml.safe_dump({"train": {"epochs": "ten"}}))
     (root / "a_file").write_text("x")
     (root / "pairs.txt").write_text("2 300\nAaron 1 2\nBob\n")
+    (root / "bomb.png").write_bytes(_png_header_only(30000, 30000))  # 900 M pixels claimed by a tiny file
+    (root / "a_folder.jpg").mkdir()
     ann = json.loads(Path(shapes_ann).read_text())
     ann["annotations"][0]["category_id"] = 999
     (root / "unknown_cat.json").write_text(json.dumps(ann))
     return {"root": root, "images": shapes_root, "ann": shapes_ann}
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels, with no pixel data."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 def _cases():
@@ -57,6 +70,14 @@ def _cases():
          lambda f: ["--checkpoint", str(f["root"] / "det.pt"), str(f["root"] / "empty.jpg")], lambda f: "empty.jpg"),
         ("predict-missing-image", "tasks.detection.predict",
          lambda f: ["--checkpoint", str(f["root"] / "det.pt"), str(f["root"] / "nope.jpg")], lambda f: "nope.jpg"),
+        ("predict-decompression-bomb", "tasks.detection.predict",
+         lambda f: ["--checkpoint", str(f["root"] / "det.pt"), str(f["root"] / "bomb.png")],
+         lambda f: "bomb.png: DecompressionBombError"),
+        ("predict-folder-given-as-image", "tasks.detection.predict",
+         lambda f: ["--checkpoint", str(f["root"] / "det.pt"), str(f["root"] / "a_folder.jpg")],
+         lambda f: "a_folder.jpg"),
+        ("predict-folder-given-as-checkpoint", "tasks.detection.predict",
+         lambda f: ["--checkpoint", str(f["root"]), str(f["root"] / "broken.jpg")], lambda f: "is a folder"),
         ("evaluate-not-a-checkpoint", "tasks.detection.evaluate",
          lambda f: ["--checkpoint", str(f["root"] / "some.json")], lambda f: "some.json is not a checkpoint"),
         ("evaluate-checkpoint-of-another-task", "tasks.detection.evaluate",
@@ -86,6 +107,9 @@ def _cases():
         ("train-output-dir-is-a-file", "tasks.detection.train",
          lambda f: ["--data-root", f["images"], "--ann", f["ann"], "--epochs", "1", "--resolution", "64",
                     "--output-dir", str(f["root"] / "a_file")], lambda f: "is a file, not a folder"),
+        ("train-annotation-file-is-a-folder", "tasks.detection.train",
+         lambda f: ["--data-root", f["images"], "--ann", str(f["root"] / "a_folder.jpg"), "--epochs", "1"],
+         lambda f: "a_folder.jpg"),
         ("train-data-root-without-ann", "tasks.detection.train",
          lambda f: ["--data-root", f["images"]], lambda f: "--data-root and --ann go together"),
         ("faces-train-annotation-flag", "tasks.faces.train",
