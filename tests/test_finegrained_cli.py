@@ -156,3 +156,46 @@ def test_bad_values_are_one_error_line(tmp_path, tiny, flags, needle):
 def test_missing_data_root_is_named(tmp_path):
     proc = _cli("--data-root", str(tmp_path / "nowhere"), *SMALL, "--output-dir", str(tmp_path / "o"))
     assert proc.returncode == 2 and "nowhere" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny):
+    out = tmp_path_factory.mktemp("trained")
+    fg_train.main(["--data-root", str(tiny), *SMALL, "--output-dir", str(out)])
+    return out
+
+
+def test_evaluate_matches_the_training_report(tmp_path, tiny, trained):
+    from tasks.finegrained import evaluate as fg_eval
+
+    summary = json.loads((trained / "summary.json").read_text())
+    res = fg_eval.main(["--checkpoint", str(trained / "best.pt"), "--data-root", str(tiny), "--out-dir",
+                        str(tmp_path / "e"), "--device", "cpu"])
+    assert res["metrics"]["top1"] == pytest.approx(summary["metrics"]["top1"])
+    assert res["metrics"]["mean_class_accuracy"] == pytest.approx(summary["metrics"]["mean_class_accuracy"])
+    rows = (tmp_path / "e" / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("path,true,predicted,correct,top1,prob1") and len(rows) == 1 + 9
+    assert (tmp_path / "e" / "confusion.png").is_file() and (tmp_path / "e" / "summary.json").is_file()
+    val = fg_eval.main(["--checkpoint", str(trained / "best.pt"), "--data-root", str(tiny), "--split", "val",
+                        "--device", "cpu"])
+    assert val["samples"] == 3 and val["metrics"]["top1"] == pytest.approx(summary["metrics"]["val_top1"])
+
+
+def test_predict_prints_top_breeds(tmp_path, tiny, trained, capsys):
+    from tasks.finegrained import predict as fg_predict
+
+    image = sorted((tiny / "Images").glob("*/*.jpg"))[0]
+    res = fg_predict.main(["--checkpoint", str(trained / "best.pt"), str(image), "--json", "--device", "cpu"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == res and len(res[0]["top"]) == 3  # top-5 capped at the 3 classes
+    assert sum(t["prob"] for t in res[0]["top"]) == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(FileNotFoundError, match="nothing.jpg"):
+        fg_predict.main(["--checkpoint", str(trained / "best.pt"), str(tmp_path / "nothing.jpg")])
+
+
+def test_profile_sits_beside_table10():
+    from tasks.finegrained.profile import profile_table10
+
+    for row in profile_table10():
+        assert abs(row["mult_adds_1000_m"] - row["paper_mult_adds_m"]) < 1.0, row
+        assert round(row["params_m"], 1) == row["paper_params_m"], row
