@@ -104,8 +104,9 @@ def test_pretrained_backbone_from_a_local_state_dict(tmp_path, tiny):
     weights = mobilenet_v1(0.25, num_classes=1000).state_dict()
     torch.save(weights, tmp_path / "imagenet.pth")
     out = tmp_path / "o"
-    fg_train.main(["--data-root", str(tiny), *SMALL, "--lr", "1e-9", "--warmup-iters", "0",
-                   "--pretrained-backbone", str(tmp_path / "imagenet.pth"), "--output-dir", str(out)])
+    with pytest.warns(UserWarning, match="dropping classifier weights"):  # the 1000-way head gives way to 3
+        fg_train.main(["--data-root", str(tiny), *SMALL, "--lr", "1e-9", "--warmup-iters", "0",
+                       "--pretrained-backbone", str(tmp_path / "imagenet.pth"), "--output-dir", str(out)])
     model, _ = load_model(out / "best.pt")
     got = model.state_dict()
     body = [k for k in weights if k in got and got[k].shape == weights[k].shape and k.endswith("weight")

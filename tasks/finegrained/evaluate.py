@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _records(meta: dict[str, Any], root: str, ann: str | None, split: str, classes: ClassList) -> list:
     index = open_finegrained(root, ann, classes=classes)
     if split == "val" or (split == "train" and "train" not in index.splits):
+        if "holdout" in meta and meta["holdout"] is None:
+            raise ValueError("--split val: this checkpoint was validated on its own --val-data-root/--val-ann, not "
+                             "on a part held out of the train list; evaluate that data with --split all")
         hold = meta.get("holdout") or {}
         parts = standard_splits(index, val_fraction=float(hold.get("val_fraction", 0.1)),
                                 seed=int(hold.get("seed", 0)))

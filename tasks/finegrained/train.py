@@ -196,7 +196,8 @@ def _build(cfg: FineGrainedConfig, data: _Data, dist: DistInfo) -> TrainJob:
     meta = checkpoint_meta("finegrained", "classifier", cfg.model.spec(n), resolution=cfg.model.resolution,
                            mean=cfg.data.mean, std=cfg.data.std, labels=names, output="classes",
                            wnids=list(data.classes.wnids), classes=data.classes.as_dict(), crop=cfg.data.crop,
-                           holdout={"val_fraction": cfg.data.val_fraction, "seed": cfg.train.seed})
+                           holdout=None if (cfg.data.val_root or cfg.data.val_ann) else
+                           {"val_fraction": cfg.data.val_fraction, "seed": cfg.train.seed})
     workers = resolve_workers(cfg.data.workers, dist)
 
     def loader(ds: FineGrainedDataset) -> DataLoader:
