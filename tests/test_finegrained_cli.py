@@ -200,3 +200,43 @@ def test_profile_sits_beside_table10():
     for row in profile_table10():
         assert abs(row["mult_adds_1000_m"] - row["paper_mult_adds_m"]) < 1.0, row
         assert round(row["params_m"], 1) == row["paper_params_m"], row
+
+
+def test_built_in_set_is_the_real_layout_with_the_odd_files(tmp_path):
+    from datasets.stanford_dogs import FineGrainedDataset, open_finegrained, read_annotation
+    from PIL import Image
+
+    info = write_synthetic_dogs(tmp_path / "a", num_breeds=4, train_per_breed=6, test_per_breed=3, image_size=48,
+                                two_dog_fraction=0.5, seed=1)
+    write_synthetic_dogs(tmp_path / "b", num_breeds=4, train_per_breed=6, test_per_breed=3, image_size=48,
+                         two_dog_fraction=0.5, seed=1)
+    index = open_finegrained(info["root"])
+    assert len(index.classes) == 4 and index.classes.wnids[0] == "n02085620"
+    assert {k: len(v) for k, v in index.splits.items()} == {"train": 24, "test": 12}
+    assert set(info["odd_files"]) == {"grayscale", "cmyk", "png_as_jpg"}
+    with Image.open(tmp_path / "a" / "Images" / info["odd_files"]["png_as_jpg"]) as im:
+        assert im.format == "PNG"
+    with Image.open(tmp_path / "a" / "Images" / info["odd_files"]["cmyk"]) as im:
+        assert im.mode == "CMYK"
+    boxes = FineGrainedDataset(index.split("train"), index.classes, crop="box")
+    assert info["two_dog_images"] > 0 and len(boxes) > 24  # two dogs, two boxes, two samples
+    assert all(len(read_annotation(r.annotation).boxes) in (1, 2) for r in index.split("test"))
+    assert boxes[0]["image"].shape[0] == 3
+    for f in sorted((tmp_path / "a" / "Images").glob("*/*.jpg"))[:5]:  # deterministic
+        assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes()
+
+
+def test_class_folders_with_a_separate_test_folder(tmp_path, tiny):
+    from PIL import Image
+
+    for split, n in (("train", 6), ("test", 2)):
+        for c, color in (("husky", (200, 30, 30)), ("corgi", (30, 30, 200))):
+            d = tmp_path / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (40, 40), color).save(d / f"{i}.png")
+    summary = fg_train.main(["--data-root", str(tmp_path / "train"), "--test-data-root", str(tmp_path / "test"),
+                             *SMALL, "--output-dir", str(tmp_path / "o")])
+    assert summary["evaluated_on"] == "test" and summary["samples"] == {"train": 10, "val": 2, "test": 4}
+    alone = fg_train.main(["--data-root", str(tmp_path / "train"), *SMALL, "--output-dir", str(tmp_path / "p")])
+    assert alone["evaluated_on"] == "val" and "val_top1" in alone["metrics"] and alone["top1"] is not None
