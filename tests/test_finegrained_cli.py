@@ -240,3 +240,19 @@ def test_class_folders_with_a_separate_test_folder(tmp_path, tiny):
     assert summary["evaluated_on"] == "test" and summary["samples"] == {"train": 10, "val": 2, "test": 4}
     alone = fg_train.main(["--data-root", str(tmp_path / "train"), *SMALL, "--output-dir", str(tmp_path / "p")])
     assert alone["evaluated_on"] == "val" and "val_top1" in alone["metrics"] and alone["top1"] is not None
+
+
+@pytest.mark.parametrize("entry, args, needle", [
+    ("tasks.finegrained.evaluate", ["--split", "nosuch"], "nosuch"),
+    ("tasks.finegrained.predict", ["missing_photo.jpg"], "missing_photo.jpg"),
+])
+def test_evaluate_and_predict_end_with_one_error_line(tmp_path, tiny, trained, entry, args, needle):
+    base = ["--checkpoint", str(trained / "best.pt"), "--device", "cpu"]
+    if entry.endswith("evaluate"):
+        base += ["--data-root", str(tiny)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", entry, *base, *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=240)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], \
+        proc.stderr
