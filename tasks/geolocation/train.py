@@ -106,8 +106,9 @@ class GeolocationConfig:
 
     def validate(self) -> None:
         d = self.data
-        if d.synthetic is None and (not d.root or not d.ann):
-            raise ValueError("data.root and data.ann are required (--data-root IMGS --ann train.csv)")
+        own_data = d.root is not None or d.ann is not None or d.synthetic is None
+        if own_data and (not d.root or not d.ann):  # the built-in photos are used only when neither is given
+            raise ValueError("data.root and data.ann are required together (--data-root IMGS --ann train.csv)")
         if d.val_root and not d.val_ann:
             raise ValueError("data.val_root needs data.val_ann (--val-ann val.csv)")
 
