@@ -9,6 +9,8 @@ Table 11; PlaNet, Weyand et al. 2016).
 * :func:`median_km` and :func:`geoscore` (OSV-5M: the mean of ``5000 * exp(-d / 1492.7 km)``, 5000 for an
   exact hit).
 * :func:`geolocation_metrics`: all of them in one flat dict, the shape ``summary.json`` stores.
+* :func:`format_geolocation_table` and :func:`plot_error_cdf`: the printed five-scale table and the
+  error CDF (km on a log axis) of one or more predictors side by side.
 
 Accuracies are fractions in [0, 1] (the paper prints percentages).
 """
@@ -25,10 +27,12 @@ __all__ = [
     "GEOSCORE_SCALE_KM",
     "THRESHOLDS_KM",
     "accuracy_at_km",
+    "format_geolocation_table",
     "geolocation_metrics",
     "geoscore",
     "haversine_km",
     "median_km",
+    "plot_error_cdf",
 ]
 
 EARTH_RADIUS_KM = 6371.0
@@ -107,3 +111,57 @@ def geolocation_metrics(distances_km: ArrayLike,
     out["count"] = int(d.size)
     return out
 
+
+
+def format_geolocation_table(results: dict[str, dict[str, float]],
+                             thresholds_km: Sequence[float] = THRESHOLDS_KM) -> str:
+    """A text table, one row per predictor: accuracy (%) at each threshold, median km and GeoScore.
+
+    Args:
+        results: ``{row name: geolocation_metrics(...)}``.
+    """
+    if not results:
+        raise ValueError("no results to tabulate")
+    width = max(12, *(len(k) for k in results))
+    head = f"{'':<{width}}" + "".join(f"{f'{t:g} km':>9}" for t in thresholds_km) + f"{'median km':>11}{'GeoScore':>10}"
+    rows = [head]
+    for name, m in results.items():
+        cells = "".join(f"{100 * m[_key(t)]:>8.1f}%" for t in thresholds_km)
+        rows.append(f"{name:<{width}}{cells}{m['median_km']:>11.0f}{m['geoscore']:>10.0f}")
+    return "\n".join(rows)
+
+
+def plot_error_cdf(distances: dict[str, ArrayLike], path: Any, title: str = "geolocation error",
+                   thresholds_km: Sequence[float] = THRESHOLDS_KM) -> Any:
+    """Write a PNG of the share of photos located within d km against d (log axis), one curve per predictor,
+    with the thresholds marked; returns the path (written atomically; its folder must exist)."""
+    from pathlib import Path
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from datasets.io import atomic_write
+
+    out = Path(path)
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"folder for the error plot does not exist: {out.parent}")
+    fig = Figure(figsize=(6.5, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, dist in distances.items():
+        d = np.sort(_distances(dist))
+        share = np.arange(1, d.size + 1) / d.size
+        ax.step(np.maximum(d, 0.1), share, where="post", label=f"{name} (median {np.median(d):.0f} km)")
+    for t in thresholds_km:
+        ax.axvline(t, color="grey", lw=0.6, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlim(0.1, 20100)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("great-circle error (km, log scale)")
+    ax.set_ylabel("share of photos within")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110), "wb")
+    return out

@@ -194,6 +194,7 @@ MODEL_BUILDERS: dict[str, tuple[str, str]] = {
     "classifier": ("tasks.classifier", "build_classifier"),
     "detector": ("tasks.detection.build", "build_detector"),
     "face_embedder": ("tasks.faces.model", "face_embedder"),
+    "geo_classifier": ("tasks.geolocation.model", "build_geo_classifier"),
 }
 
 

@@ -18,9 +18,10 @@ import torch
 import yaml
 from torch import nn
 
-from datasets.synthetic_faces import ensure_face_attributes
-from datasets.synthetic_identities import write_synthetic_faces
 from datasets.synthetic_dogs import write_stanford_dogs_layout
+from datasets.synthetic_faces import ensure_face_attributes
+from datasets.synthetic_geotagged import write_synthetic_geotagged
+from datasets.synthetic_identities import write_synthetic_faces
 from datasets.synthetic_shapes import write_shapes_dataset
 from tasks.checkpoint import load_model
 from tasks.flags import COMMON_TRAIN_FLAGS
@@ -28,7 +29,7 @@ from tasks.flags import COMMON_TRAIN_FLAGS
 ROOT = Path(__file__).resolve().parents[1]
 RES = 48
 ENTRY_POINTS = ["tasks.detection.train", "tasks.faces.train", "tasks.attributes.train", "distill.train",
-                "tasks.finegrained.train"]
+                "tasks.finegrained.train", "tasks.geolocation.train"]
 
 
 class _Teacher(nn.Module):
@@ -54,6 +55,7 @@ def data(tmp_path_factory):
     attrs = ensure_face_attributes(str(root / "attrs"), num_labeled=24, num_unlabeled=24, num_val=12, image_size=RES,
                                    seed=4)
     write_stanford_dogs_layout(root / "dogs", num_breeds=3, images_per_breed=8, train_per_breed=5, size=(48, 40))
+    geo = write_synthetic_geotagged(root / "geo", num_train=160, num_val=24, image_size=RES, seed=0)
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -84,6 +86,9 @@ def data(tmp_path_factory):
         "distill.train": ["--teacher", f"torchscript:{root / 'teacher.pt'}", "--data-root", attrs["unlabeled_images"],
                           "--val-data-root", attrs["val_images"], "--val-ann", attrs["val_labels"], *small],
         "tasks.finegrained.train": ["--data-root", str(root / "dogs"), *small],
+        "tasks.geolocation.train": ["--data-root", geo["train_root"], "--ann", geo["train_ann"], "--val-data-root",
+                                    geo["val_root"], "--val-ann", geo["val_ann"], "--t-min", "3", "--t-max", "40",
+                                    *small],
     }
 
 
@@ -139,7 +144,7 @@ def test_a_flag_a_task_cannot_use_is_an_error(data, tmp_path):
 
 
 @pytest.mark.parametrize("entry", ["tasks.faces.train", "tasks.attributes.train", "distill.train",
-                                   "tasks.finegrained.train"])
+                                   "tasks.finegrained.train", "tasks.geolocation.train"])
 def test_torchrun_two_processes_on_cpu(entry, data, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", entry,
