@@ -76,6 +76,7 @@ def export_module(module: nn.Module, path: str | os.PathLike, example: Sequence[
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=FutureWarning)
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", category=UserWarning)  # the exporter's notes on traced indexing
             torch.onnx.export(
                 module,
                 tuple(example),
