@@ -18,7 +18,7 @@ from tasks.export import ExportError, export_checkpoint
 from tasks.export.__main__ import main
 from tasks.export.bench import bench
 from tasks.export.core import onnx_op_types
-from tasks.export.data import image_transform
+from tasks.export.data import image_transform, iter_batches, load_image_folder
 from tasks.export.graph import SSDGraph
 from tasks.export.verify import TOLERANCE, session
 from tasks.faces.model import FaceEmbedder, FaceModelConfig
@@ -137,7 +137,7 @@ def test_faster_rcnn_exports_for_batch_one(files, tmp_path):
 
 def test_int8_agrees_on_a_trained_classifier(tmp_path, capsys):
     classes = write_images(tmp_path / "train", 48, seed=0)
-    write_images(tmp_path / "val", 24, seed=5)
+    val_classes = write_images(tmp_path / "val", 30, seed=5)
     meta = checkpoint_meta("finegrained", "classifier", {"num_outputs": 3, "alpha": 0.25}, resolution=32,
                            mean=MEAN, std=STD, labels=["red", "green", "blue"])
     tf = image_transform(meta, 32)
@@ -147,7 +147,8 @@ def test_int8_agrees_on_a_trained_classifier(tmp_path, capsys):
     def loss(model, batch, device):
         return torch.nn.functional.cross_entropy(model(batch["image"].to(device)), batch["target"].to(device))
 
-    cfg = EngineConfig(epochs=3, lr=0.05, batch_size=16, metric="loss", metric_mode="min", warmup_iters=0)
+    cfg = EngineConfig(epochs=8, lr=0.01, batch_size=8, optimizer="adamw", metric="loss", metric_mode="min",
+                       warmup_iters=0)
     torch.manual_seed(0)
     fit(build_classifier(num_outputs=3, alpha=0.25), data, cfg=cfg, output_dir=tmp_path / "run", loss_fn=loss,
         meta=meta)
@@ -160,8 +161,14 @@ def test_int8_agrees_on_a_trained_classifier(tmp_path, capsys):
     report = json.loads((out.parent / "export.json").read_text())
     q = report["int8"]
     assert q["calib_images"] == 30 and q["on"] == "--val-data-root images" and q["format"] == "QDQ"
-    assert q["agreement_vs_fp32"]["images"] == 24 and q["agreement_vs_fp32"]["top1_agreement"] >= 0.9
+    assert q["agreement_vs_fp32"]["images"] == 30 and q["agreement_vs_fp32"]["top1_agreement"] >= 0.85
     int8 = out.parent / "model.int8.onnx"
+    # the agreement is not that of a constant: the model learned the task (chance: 1/3), and int8 keeps it
+    val = load_image_folder(tmp_path / "val", meta, 32, count=100)
+    for graph in (out, int8):
+        sess = session(graph)
+        pred = np.concatenate([sess.run(None, {"input": x})[0][:n].argmax(1) for x, n in iter_batches(val, 8)])
+        assert np.mean(pred == np.array(val_classes)) >= 0.7
     ops = onnx_op_types(int8)
     assert ops.get("QuantizeLinear", 0) > 10 and "BatchNormalization" not in ops
     # per-channel weights: the depthwise convs' weight scales are vectors, one per channel
