@@ -8,8 +8,11 @@ trained checkpoint becomes the fast thing the paper is about. Steps of :func:`ex
 3. ``backbone.export.export_module`` traces it to ``model.onnx`` (atomic; opset 17).
 4. With ``int8``: ONNX Runtime static quantization, QDQ format, per-channel int8 weights (per-tensor
    weights collapse MobileNet v1's depthwise layers), activations calibrated on the user's images through
-   the checkpoint's own preprocessing (MinMax, Entropy or Percentile); only Conv / Gemm / MatMul are
-   quantized, so softmax, box decoding, NMS and the L2 normalisation stay fp32. Written to
+   the checkpoint's own preprocessing (MinMax, Entropy or Percentile). Only the network's layers are
+   quantized (:data:`QUANT_OP_TYPES`: Conv, Gemm, MatMul and the ReLU / ReLU6 / pooling between them, so
+   ORT runs int8 convolutions end to end; with Conv alone the activations went back to fp32 after every
+   conv and int8 was only 1.16x faster than fp32 at batch 32, measured); softmax, box decoding, NMS and
+   the L2 normalisation stay fp32. Written to
    ``model.int8.onnx``.
 5. Sidecars ``model.json`` (and ``model.int8.json``) beside each graph: input layout, resolution, mean,
    std, output names, labels (detectors: the label -> category id map).
@@ -37,7 +40,7 @@ __all__ = ["CALIB_METHODS", "QUANT_OP_TYPES", "export_checkpoint", "parse_batch"
            "int8_path", "onnx_op_types"]
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
-QUANT_OP_TYPES = ["Conv", "Gemm", "MatMul"]
+QUANT_OP_TYPES = ["Conv", "Gemm", "MatMul", "Relu", "Clip", "GlobalAveragePool", "Flatten"]
 PARITY_IMAGES = 4
 
 
