@@ -60,8 +60,8 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     write_images(root / "calib", 8, seed=1)
     spec = {"num_outputs": 5, "backbone": "mobilenet_v1", "alpha": 0.25, "dropout": 0.0}
-    save_checkpoint(root / "cls.pt", {"model": realistic(build_classifier(**spec)).state_dict(), "meta": checkpoint_meta(
-        "attributes", "classifier", spec, resolution=64, mean=MEAN, std=STD, labels=list("abcde"))})
+    meta = checkpoint_meta("attributes", "classifier", spec, resolution=64, mean=MEAN, std=STD, labels=list("abcde"))
+    save_checkpoint(root / "cls.pt", {"model": realistic(build_classifier(**spec)).state_dict(), "meta": meta})
     cfg = FaceModelConfig(alpha=0.25, resolution=48, embedding_dim=8, center_crop=0.9)
     save_checkpoint(root / "face.pt", {"model": realistic(FaceEmbedder(cfg)).state_dict(), "meta": checkpoint_meta(
         "faces", "face_embedder", cfg.to_dict(), resolution=48, center_crop=0.9)})
@@ -250,3 +250,25 @@ def test_clear_errors(files, tmp_path, capsys):
     err = _cli_error(["--checkpoint", str(files / "cls.pt"), "--out", out, "--batch", "two"], capsys)
     assert "--batch" in err and "'two'" in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_detection_parity_matches_reordered_ties():
+    from tasks.export.verify import _match_detections
+
+    boxes = np.array([[0, 0, 10, 10], [5, 5, 20, 20], [1, 1, 4, 4]], dtype=np.float32)
+    scores = np.array([0.5, 0.5 - 1e-8, 0.4], dtype=np.float32)
+    labels, image = np.array([1, 1, 2]), np.array([0, 0, 1])
+    ref = [boxes, scores, labels, image]
+    swapped = [a[[1, 0, 2]] for a in ref]  # near-equal scores in the other order: the same detections
+    assert _match_detections(swapped, ref, 2)["per_output"]["boxes"] == 0.0
+    fewer = [a[:2] for a in ref]
+    assert "count_mismatch_onnx_vs_torch" in _match_detections(fewer, ref, 2)
+
+
+def test_undecodable_calibration_images_are_skipped_and_counted(files, tmp_path):
+    calib = tmp_path / "calib"
+    write_images(calib, 3, seed=2)
+    (calib / "bad.jpg").write_bytes(b"not a jpeg")
+    report = export_checkpoint(files / "face.pt", tmp_path / "m.onnx", int8=True, calib_images=calib, say=lambda s: None)
+    assert report["int8"]["calib_images"] == 3 and report["int8"]["calib_skipped"] == 1
+    assert report["int8"]["agreement_vs_fp32"]["cosine_min"] > 0.9

@@ -249,7 +249,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
         report["batchnorm"]["int8_graph_nodes"] = qops.get("BatchNormalization", 0)
         check = val if val is not None else calib
         qsess = session(q)
-        agree = int8_agreement(spec.kind, _run_all(sess, check, step, spec.kind), _run_all(qsess, check, step, spec.kind),
+        agree = int8_agreement(spec.kind, _run_all(sess, check, step, spec.kind),
+                               _run_all(qsess, check, step, spec.kind),
                                num_labels=len(meta["labels"]) or int(meta["model"]["args"].get("num_classes", 0)),
                                resolution=res)
         report["int8"] = {**notes, "calib_images": len(calib), "calib_skipped": calib.stats["corrupt_images"],
