@@ -4,7 +4,9 @@
 builds ``mobilenet_v1``, optionally loads weights (``backbone.load_pretrained``: our state dicts or timm's
 ``mobilenetv1_100`` layout), exports with the TorchScript-based exporter (``dynamo=False``: one traced
 graph, no extra dependencies, stable op set), and checks with onnxruntime that the ONNX model computes
-the same output as PyTorch on a random input.
+the same output as PyTorch on a random input. :func:`export_module` is the ONNX writer that
+``python -m tasks.export`` (any task's checkpoint, fp32 and int8) builds on; this command stays for
+the bare backbone.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from datasets.io import atomic_path, run_cli
 from .mobilenet_v1 import ACTIVATIONS, MIN_INPUT_SIZE, mobilenet_v1
 from .pretrained import load_pretrained
 
-__all__ = ["OPSET", "TOLERANCE", "export_onnx", "check_onnx", "main"]
+__all__ = ["OPSET", "TOLERANCE", "INPUT_NAME", "export_module", "export_onnx", "check_onnx", "main"]
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -43,6 +45,55 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def export_module(module: nn.Module, path: str | os.PathLike, example: Sequence[torch.Tensor], *,
+                  input_names: Sequence[str], output_names: Sequence[str],
+                  dynamic_axes: dict[str, dict[int, str]] | None = None) -> Path:
+    """Trace ``module`` (in eval mode) on ``example`` into an ONNX file at ``path``, written atomically.
+
+    The one ONNX writer of the suite (the bare backbone here, every task's checkpoint in ``tasks.export``):
+    the TorchScript-based exporter (``dynamo=False``: one traced graph, no extra dependencies, stable op
+    set) at :data:`OPSET`, constant folding on, and ``onnx.checker`` run on the temp file before it
+    replaces ``path``, so a reader never sees a half-written or unchecked model.
+
+    Args:
+        module: the network; its ``forward`` takes the example tensors.
+        path: destination ``.onnx`` file; its folder is created if needed.
+        example: the example inputs the graph is traced with.
+        input_names, output_names: graph input / output names.
+        dynamic_axes: symbolic dimensions per input/output name (``torch.onnx.export``'s argument).
+    Returns:
+        The path written.
+    """
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = module.training
+    module.eval()
+    try:
+        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript exporter announces its own deprecation on every call; the export is fine.
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", category=UserWarning)  # the exporter's notes on traced indexing
+            torch.onnx.export(
+                module,
+                tuple(example),
+                str(tmp),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+            )
+            onnx.checker.check_model(str(tmp))
+    finally:
+        module.train(was_training)
+    return path
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, *, dynamic_batch: bool = False) -> Path:
     """Export ``model`` (in eval mode) to ONNX at ``path``, written atomically.
 
@@ -54,39 +105,13 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, *, d
     Returns:
         The path written.
     """
-    import onnx
-
     _check_resolution(resolution)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     in_chans = getattr(model, "in_chans", 3)
     x = torch.randn(1, in_chans, resolution, resolution, device=_device_of(model))
     output_name = "logits" if getattr(model, "num_classes", 1) else "features"
     dynamic_axes = {INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None
-
-    was_training = model.training
-    model.eval()
-    try:
-        # atomic_path: a reader never sees a half-written or unchecked model file.
-        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
-            # The TorchScript exporter announces its own deprecation on every call; the export is fine.
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            torch.onnx.export(
-                model,
-                (x,),
-                str(tmp),
-                dynamo=False,
-                opset_version=OPSET,
-                input_names=[INPUT_NAME],
-                output_names=[output_name],
-                dynamic_axes=dynamic_axes,
-                do_constant_folding=True,
-            )
-            onnx.checker.check_model(str(tmp))
-    finally:
-        model.train(was_training)
-    return path
+    return export_module(model, path, (x,), input_names=[INPUT_NAME], output_names=[output_name],
+                         dynamic_axes=dynamic_axes)
 
 
 def _outputs(model: nn.Module, path: Path, resolution: int, batch: int | None, seed: int):

@@ -276,6 +276,7 @@ def build_image_transform(
     crop_scale: tuple[float, float] | None = (0.7, 1.0),
     center_crop: float | None = None,
     jitter: float = 0.0,
+    stretch: bool = False,
 ) -> Callable[[Image.Image], Tensor]:
     """PIL image -> float tensor [3, resolution, resolution] (``torchvision.transforms.v2``).
 
@@ -292,6 +293,8 @@ def build_image_transform(
         center_crop: first keep the centred square of this fraction of the shorter side (faces); ``None``:
             no such crop, the whole image goes on.
         jitter: brightness/contrast jitter strength (with ``augment`` only).
+        stretch: without ``augment``, resize to ``resolution`` x ``resolution`` regardless of the aspect
+            ratio (no crop), as SSD's input pipeline does.
     """
     from torchvision.transforms import v2
 
@@ -311,6 +314,8 @@ def build_image_transform(
                   v2.RandomHorizontalFlip()]
     elif augment:
         steps += [v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution), v2.RandomHorizontalFlip()]
+    elif stretch:
+        steps.append(v2.Resize((resolution, resolution), antialias=True))
     else:
         steps += [v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution)]
     if augment and jitter > 0:

@@ -1,0 +1,13 @@
+"""Deploy any task's checkpoint: ONNX fp32 / int8 export, verification and latency measurement.
+
+MobileNets are about running fast on small devices (paper, Figures 4 and 5: accuracy against
+Mult-Adds and parameters); this package turns a trained checkpoint into the graphs that do.
+
+* ``python -m tasks.export``: :func:`export_checkpoint` (``core.py``), graphs per network kind (``graph.py``),
+  calibration images (``data.py``), checks (``verify.py``).
+* ``python -m tasks.export.bench``: median / p90 latency and images/s, each runtime in its own process.
+"""
+from .core import export_checkpoint
+from .graph import ExportError
+
+__all__ = ["ExportError", "export_checkpoint"]

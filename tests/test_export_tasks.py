@@ -1,0 +1,274 @@
+"""tasks.export: every kind of checkpoint to ONNX (parity with PyTorch), int8 on a trained model, bench, errors."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from tasks.checkpoint import checkpoint_meta, save_checkpoint
+from tasks.classifier import build_classifier
+from tasks.cli import run_cli
+from tasks.detection.build import build_detector
+from tasks.engine import EngineConfig, fit
+from tasks.export import ExportError, export_checkpoint
+from tasks.export.__main__ import main
+from tasks.export.bench import bench
+from tasks.export.core import onnx_op_types
+from tasks.export.data import image_transform, iter_batches, load_image_folder
+from tasks.export.graph import SSDGraph
+from tasks.export.verify import TOLERANCE, session
+from tasks.faces.model import FaceEmbedder, FaceModelConfig
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+COLOURS = ((220, 40, 40), (40, 200, 40), (40, 40, 220))
+
+
+def realistic(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Spread BN statistics and affine parameters (fresh ones make every output ~0, a vacuous comparison)."""
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.bias, -0.2, 0.2)
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+        elif isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, 0.0, 0.2)
+    return model.eval()
+
+
+def write_images(folder: Path, n: int, seed: int) -> list[int]:
+    """n coloured-noise images (class = dominant colour), of varied sizes; returns the classes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    classes = []
+    for i in range(n):
+        k = i % len(COLOURS)
+        h, w = int(rng.integers(40, 80)), int(rng.integers(40, 80))
+        img = np.clip(rng.normal(COLOURS[k], 40, (h, w, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"{i:03d}.png")
+        classes.append(k)
+    return classes
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    write_images(root / "calib", 8, seed=1)
+    spec = {"num_outputs": 5, "backbone": "mobilenet_v1", "alpha": 0.25, "dropout": 0.0}
+    meta = checkpoint_meta("attributes", "classifier", spec, resolution=64, mean=MEAN, std=STD, labels=list("abcde"))
+    save_checkpoint(root / "cls.pt", {"model": realistic(build_classifier(**spec)).state_dict(), "meta": meta})
+    cfg = FaceModelConfig(alpha=0.25, resolution=48, embedding_dim=8, center_crop=0.9)
+    save_checkpoint(root / "face.pt", {"model": realistic(FaceEmbedder(cfg)).state_dict(), "meta": checkpoint_meta(
+        "faces", "face_embedder", cfg.to_dict(), resolution=48, center_crop=0.9)})
+    for arch in ("ssd300", "ssdlite300", "faster_rcnn300"):
+        det = realistic(build_detector(arch, 4, alpha=0.25, size=64))
+        save_checkpoint(root / f"{arch}.pt", {"model": det.state_dict(), "meta": checkpoint_meta(
+            "detection", "detector", det.build_args, resolution=64, labels=["__background__", "a", "b", "c"],
+            label_to_cat_id={"1": 3, "2": 5, "3": 9})})
+    return root
+
+
+KINDS = {"cls": ("classifier", ["logits"]), "face": ("embedding", ["embedding"]),
+         "ssd300": ("detector", ["boxes", "scores", "labels", "batch_index"]),
+         "ssdlite300": ("detector", ["boxes", "scores", "labels", "batch_index"])}
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_export_parity(files, tmp_path, name):
+    kind, outputs = KINDS[name]
+    out = tmp_path / "deploy" / "model.onnx"
+    calib = files / "calib" if name != "cls" else None  # the classifier is checked on random inputs
+    report = export_checkpoint(files / f"{name}.pt", out, calib_images=calib, say=lambda s: None)
+    p = report["parity_fp32_vs_torch"]
+    assert report["ok"] and p["ok"] and p["max_abs_diff"] <= TOLERANCE
+    assert p["inputs"] == ("random images" if calib is None else "calibration images")
+    assert report["kind"] == kind and report["outputs"] == outputs
+    # BN folded in PyTorch, so the graph holds none; the export wrote its sidecars atomically
+    assert report["batchnorm"]["folded"] > 0 and report["batchnorm"]["left_in_module"] == 0
+    assert "BatchNormalization" not in onnx_op_types(out)
+    assert not [f for f in out.parent.iterdir() if f.name.startswith(".")]
+    side = json.loads((out.parent / "model.json").read_text())
+    assert json.loads((out.parent / "export.json").read_text())["parity_fp32_vs_torch"]["ok"]
+    assert side["outputs"] == outputs and side["input"]["layout"] == "NCHW"
+    assert side["resolution"] == (48 if name == "face" else 64)
+    if kind == "detector":
+        assert side["label_to_cat_id"] == {"1": 3, "2": 5, "3": 9} and side["mean"] == [0.0] * 3
+    elif kind == "classifier":
+        assert side["labels"] == list("abcde") and side["mean"] == pytest.approx(list(MEAN))
+        assert p["largest_abs_output"] > 0.1  # not a vacuous comparison
+    # the batch is dynamic: 1 and 3 images both run
+    sess = session(out)
+    res = side["resolution"]
+    for n in (1, 3):
+        got = sess.run(None, {"input": np.random.default_rng(n).random((n, 3, res, res), dtype=np.float32)})
+        if kind == "detector":
+            assert got[0].shape[1] == 4 and set(got[3].tolist()) <= set(range(n))
+        else:
+            assert got[0].shape[0] == n
+
+
+def test_ssd_graph_is_torchvisions_postprocess(files):
+    """The traceable, batched postprocess gives exactly torchvision SSD's per-image detections."""
+    det = realistic(build_detector("ssd300", 4, alpha=0.25, size=64))
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        boxes, scores, labels, image = SSDGraph(det, 64)(x)
+        ref = det(list(x))
+    for i, r in enumerate(ref):
+        mine = image == i
+        assert int(mine.sum()) == len(r["scores"]) > 0
+        torch.testing.assert_close(scores[mine], r["scores"])
+        torch.testing.assert_close(boxes[mine], r["boxes"])
+        assert torch.equal(labels[mine], r["labels"])
+
+
+def test_faster_rcnn_exports_for_batch_one(files, tmp_path):
+    report = export_checkpoint(files / "faster_rcnn300.pt", tmp_path / "m.onnx", say=lambda s: None)
+    assert report["ok"] and report["batch"] == 1 and report["outputs"] == ["boxes", "scores", "labels"]
+    assert report["parity_fp32_vs_torch"]["max_abs_diff"] <= TOLERANCE
+    with pytest.raises(ExportError, match="batch 1 only"):
+        export_checkpoint(files / "faster_rcnn300.pt", tmp_path / "m.onnx", batch=2, say=lambda s: None)
+
+
+def test_int8_agrees_on_a_trained_classifier(tmp_path, capsys):
+    classes = write_images(tmp_path / "train", 48, seed=0)
+    val_classes = write_images(tmp_path / "val", 30, seed=5)
+    meta = checkpoint_meta("finegrained", "classifier", {"num_outputs": 3, "alpha": 0.25}, resolution=32,
+                           mean=MEAN, std=STD, labels=["red", "green", "blue"])
+    tf = image_transform(meta, 32)
+    data = [{"image": tf(Image.open(tmp_path / "train" / f"{i:03d}.png").convert("RGB")), "target": k}
+            for i, k in enumerate(classes)]
+
+    def loss(model, batch, device):
+        return torch.nn.functional.cross_entropy(model(batch["image"].to(device)), batch["target"].to(device))
+
+    cfg = EngineConfig(epochs=8, lr=0.01, batch_size=8, optimizer="adamw", metric="loss", metric_mode="min",
+                       warmup_iters=0)
+    torch.manual_seed(0)
+    fit(build_classifier(num_outputs=3, alpha=0.25), data, cfg=cfg, output_dir=tmp_path / "run", loss_fn=loss,
+        meta=meta)
+    out = tmp_path / "deploy" / "model.onnx"
+    argv = ["--checkpoint", str(tmp_path / "run" / "best.pt"), "--out", str(out), "--int8", "--calib-images",
+            str(tmp_path / "train"), "--val-data-root", str(tmp_path / "val"), "--calib-count", "30"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "int8 vs fp32" in text and "top1_agreement" in text
+    report = json.loads((out.parent / "export.json").read_text())
+    q = report["int8"]
+    assert q["calib_images"] == 30 and q["on"] == "--val-data-root images" and q["format"] == "QDQ"
+    assert q["agreement_vs_fp32"]["images"] == 30 and q["agreement_vs_fp32"]["top1_agreement"] >= 0.85
+    int8 = out.parent / "model.int8.onnx"
+    # the agreement is not that of a constant: the model learned the task (chance: 1/3), and int8 keeps it
+    val = load_image_folder(tmp_path / "val", meta, 32, count=100)
+    for graph in (out, int8):
+        sess = session(graph)
+        pred = np.concatenate([sess.run(None, {"input": x})[0][:n].argmax(1) for x, n in iter_batches(val, 8)])
+        assert np.mean(pred == np.array(val_classes)) >= 0.7
+    ops = onnx_op_types(int8)
+    assert ops.get("QuantizeLinear", 0) > 10 and "BatchNormalization" not in ops
+    # per-channel weights: the depthwise convs' weight scales are vectors, one per channel
+    graph = onnx.load(str(int8)).graph
+    inits = {i.name: i for i in graph.initializer}
+    weight_scales = [inits[n.input[1]] for n in graph.node
+                     if n.op_type == "DequantizeLinear" and n.input[0] in inits and len(inits[n.input[0]].dims) == 4]
+    assert weight_scales and all(len(s.dims) == 1 and s.dims[0] > 1 for s in weight_scales)
+    assert json.loads((out.parent / "model.int8.json").read_text())["precision"] == "int8"
+
+
+def test_bench_times_each_runtime(files, tmp_path):
+    out = tmp_path / "model.onnx"
+    export_checkpoint(files / "face.pt", out, say=lambda s: None)
+    result = bench([str(out)], batches=[2], compare=str(files / "face.pt"), warmup=1, runs=3, say=lambda s: None)
+    assert [r["runtime"] for r in result["rows"]] == ["pytorch", "onnxruntime"]
+    for r in result["rows"]:
+        assert r["runs"] == 3 and r["p90_ms"] >= r["median_ms"] > 0 and r["images_per_s"] > 0
+    assert result["ratios"][0]["speedup_vs_pytorch"] > 0
+    with pytest.raises(FileNotFoundError, match="nope.onnx"):
+        bench([str(tmp_path / "nope.onnx")], say=lambda s: None)
+
+
+def test_a_failed_export_leaves_the_previous_file(files, tmp_path, monkeypatch):
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"previous")
+
+    def dies(model, args, f, **kw):
+        Path(f).write_bytes(b"half")
+        raise KeyboardInterrupt  # as if killed mid-write
+
+    monkeypatch.setattr(torch.onnx, "export", dies)
+    with pytest.raises(KeyboardInterrupt):
+        export_checkpoint(files / "cls.pt", out, say=lambda s: None)
+    assert out.read_bytes() == b"previous" and [f.name for f in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def _cli_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        run_cli(lambda: main(argv))
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_clear_errors(files, tmp_path, capsys):
+    out = str(tmp_path / "m.onnx")
+    # a checkpoint naming a builder the suite does not have
+    meta = checkpoint_meta("mystery", "classifier", {"num_outputs": 2}, resolution=64)
+    meta["model"]["name"] = "transformer9000"
+    save_checkpoint(tmp_path / "odd.pt", {"model": {}, "meta": meta})
+    err = _cli_error(["--checkpoint", str(tmp_path / "odd.pt"), "--out", out], capsys)
+    assert err.startswith("error:") and "transformer9000" in err and "odd.pt" in err
+    # calibration folders: missing, empty, undecodable only, unreadable
+    cls = ["--checkpoint", str(files / "cls.pt"), "--out", out, "--int8", "--calib-images"]
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        main(cls + [str(tmp_path / "nowhere")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="--calib-images.*no image files.*empty"):
+        main(cls + [str(tmp_path / "empty")])
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "a.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match="broken: none of its 1 image files could be decoded"):
+        main(cls + [str(tmp_path / "broken")])
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        write_images(locked, 1, seed=0)
+        locked.chmod(0)
+        try:
+            with pytest.raises(PermissionError, match="locked.*cannot be read"):
+                main(cls + [str(locked)])
+        finally:
+            locked.chmod(0o755)
+    err = _cli_error(["--checkpoint", str(files / "cls.pt"), "--out", out, "--int8"], capsys)
+    assert "--calib-images" in err
+    # a resolution the network cannot take, for a classifier and a detector
+    for name in ("cls", "ssd300"):
+        err = _cli_error(["--checkpoint", str(files / f"{name}.pt"), "--out", out, "--resolution", "16"], capsys)
+        assert "--resolution 16" in err and "32 px" in err
+    err = _cli_error(["--checkpoint", str(files / "cls.pt"), "--out", out, "--batch", "two"], capsys)
+    assert "--batch" in err and "'two'" in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_detection_parity_matches_reordered_ties():
+    from tasks.export.verify import _match_detections
+
+    boxes = np.array([[0, 0, 10, 10], [5, 5, 20, 20], [1, 1, 4, 4]], dtype=np.float32)
+    scores = np.array([0.5, 0.5 - 1e-8, 0.4], dtype=np.float32)
+    labels, image = np.array([1, 1, 2]), np.array([0, 0, 1])
+    ref = [boxes, scores, labels, image]
+    swapped = [a[[1, 0, 2]] for a in ref]  # near-equal scores in the other order: the same detections
+    assert _match_detections(swapped, ref, 2)["per_output"]["boxes"] == 0.0
+    fewer = [a[:2] for a in ref]
+    assert "count_mismatch_onnx_vs_torch" in _match_detections(fewer, ref, 2)
+
+
+def test_undecodable_calibration_images_are_skipped_and_counted(files, tmp_path):
+    calib = tmp_path / "calib"
+    write_images(calib, 3, seed=2)
+    (calib / "bad.jpg").write_bytes(b"not a jpeg")
+    report = export_checkpoint(files / "face.pt", tmp_path / "m.onnx", int8=True, calib_images=calib, say=lambda s: None)
+    assert report["int8"]["calib_images"] == 3 and report["int8"]["calib_skipped"] == 1
+    assert report["int8"]["agreement_vs_fp32"]["cosine_min"] > 0.9
