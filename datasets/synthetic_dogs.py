@@ -23,7 +23,8 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["BREEDS", "DogsLayout", "write_annotation_xml", "write_mat_list", "write_stanford_dogs_layout"]
+__all__ = ["BREEDS", "DogsLayout", "save_image_as", "write_annotation_xml", "write_mat_list",
+           "write_stanford_dogs_layout"]
 
 # Real wnids and folder names of Stanford Dogs; Shetland sheepdog is where the real set's PNG lives.
 BREEDS: tuple[tuple[str, str], ...] = (
@@ -117,6 +118,25 @@ def write_mat_list(path: str | os.PathLike, files: list[str], labels: list[int],
     scipy.io.savemat(os.fspath(path), {"file_list": file_cells, "annotation_list": ann_cells, "labels": values})
 
 
+def save_image_as(img: Image.Image, path: Path, kind: str | None, *, quality: int = 95) -> None:
+    """Save ``img`` as a JPEG, or as one of the odd files of the real set under a ``.jpg`` name.
+
+    Args:
+        kind: None (a plain RGB JPEG), ``"grayscale"``, ``"cmyk"`` (JPEGs of those modes) or
+            ``"png_as_jpg"`` (PNG bytes behind a ``.jpg`` name).
+    """
+    if kind == "grayscale":
+        img.convert("L").save(path, format="JPEG", quality=quality)
+    elif kind == "cmyk":
+        img.convert("CMYK").save(path, format="JPEG", quality=quality)
+    elif kind == "png_as_jpg":
+        img.save(path, format="PNG")
+    elif kind is None:
+        img.save(path, format="JPEG", quality=quality)
+    else:
+        raise ValueError(f"unknown odd-file kind {kind!r}; use grayscale, cmyk or png_as_jpg")
+
+
 def write_stanford_dogs_layout(
     root: str | os.PathLike,
     *,
@@ -175,14 +195,7 @@ def write_stanford_dogs_layout(
             path = root / "Images" / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             kind = odd.get((label, k))
-            if kind == "grayscale":
-                img.convert("L").save(path, format="JPEG", quality=95)
-            elif kind == "cmyk":
-                img.convert("CMYK").save(path, format="JPEG", quality=95)
-            elif kind == "png_as_jpg":
-                img.save(path, format="PNG")
-            else:
-                img.save(path, format="JPEG", quality=95)
+            save_image_as(img, path, kind, quality=95)
             if kind:
                 out.odd_files[kind] = rel
             write_annotation_xml(root / "Annotation" / folder / stem, folder=wnid[1:], filename=stem, width=w,

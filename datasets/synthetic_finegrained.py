@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from datasets.cache import ensure_cached
-from datasets.synthetic_dogs import write_annotation_xml, write_mat_list
+from datasets.synthetic_dogs import save_image_as, write_annotation_xml, write_mat_list
 
 __all__ = ["BREEDS", "DETAILS", "GENERATOR_VERSION", "ensure_synthetic_dogs", "write_synthetic_dogs"]
 
@@ -198,14 +198,7 @@ def write_synthetic_dogs(root: str | os.PathLike, *, num_breeds: int = 12, train
         path = root / "Images" / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         kind = {(0, 3): "grayscale", (1, 5): "cmyk", (num_breeds - 1, 2): "png_as_jpg"}.get((label, k))
-        if kind == "grayscale":
-            img.convert("L").save(path, format="JPEG", quality=92)
-        elif kind == "cmyk":
-            img.convert("CMYK").save(path, format="JPEG", quality=92)
-        elif kind == "png_as_jpg":
-            img.save(path, format="PNG")
-        else:
-            img.save(path, format="JPEG", quality=92)
+        save_image_as(img, path, kind, quality=92)
         if kind:
             odd[kind] = rel
         write_annotation_xml(root / "Annotation" / folders[label] / stem, folder=wnid[1:], filename=stem,
