@@ -22,6 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
+from eval.plots import new_figure, save_png
+
 __all__ = ["AttributeAP", "average_precision", "format_ap_table", "mean_average_precision"]
 
 
@@ -156,11 +158,6 @@ def plot_ap_bars(results: dict[str, AttributeAP] | AttributeAP, path: str | Path
         results: as for :func:`format_ap_table`.
         path: the PNG (its folder must exist); written atomically.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from datasets.io import atomic_write
-
     if isinstance(results, AttributeAP):
         results = {"AP": results}
     format_ap_table(results)  # the same checks: non-empty, the same attributes everywhere
@@ -168,8 +165,7 @@ def plot_ap_bars(results: dict[str, AttributeAP] | AttributeAP, path: str | Path
     if not out.parent.is_dir():
         raise FileNotFoundError(f"folder for the AP plot does not exist: {out.parent}")
     names = next(iter(results.values())).names
-    fig = Figure(figsize=(6.5, 1.2 + 0.35 * len(names) * max(1, len(results)) ** 0.5))
-    FigureCanvasAgg(fig)
+    fig = new_figure((6.5, 1.2 + 0.35 * len(names) * max(1, len(results)) ** 0.5))
     ax = fig.add_subplot(1, 1, 1)
     height = 0.8 / len(results)
     y = np.arange(len(names))
@@ -185,5 +181,4 @@ def plot_ap_bars(results: dict[str, AttributeAP] | AttributeAP, path: str | Path
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110), "wb")
-    return out
+    return save_png(fig, out)

@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from eval.plots import new_figure, save_png
+
 __all__ = ["ClassificationResult", "classification_metrics", "confusion_matrix", "most_confused_pairs",
            "plot_confusion", "topk_accuracy"]
 
@@ -104,16 +106,12 @@ def most_confused_pairs(matrix: np.ndarray, names: Sequence[str], top: int = 10)
 
 def plot_confusion(matrix: np.ndarray, names: Sequence[str], path: str | Path, *, title: str = "confusion") -> Path:
     """Row-normalised confusion matrix as a PNG (class names on the axes when there are at most 40)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     m = np.asarray(matrix, dtype=np.float64)
     norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     n = len(names)
     side = min(14.0, 3.0 + 0.25 * n)
-    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    fig = new_figure((side + 1.5, side))
+    ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(norm, cmap="viridis", vmin=0.0, vmax=1.0)
     if n <= 40:
         ax.set_xticks(range(n), labels=list(names), rotation=90, fontsize=7)
@@ -125,6 +123,4 @@ def plot_confusion(matrix: np.ndarray, names: Sequence[str], path: str | Path, *
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=100)

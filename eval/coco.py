@@ -29,7 +29,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from datasets.io import atomic_write, atomic_write_json, run_cli
+from datasets.io import atomic_write_json, run_cli
+from eval.plots import new_figure, save_png
 
 __all__ = [
     "STAT_KEYS",
@@ -395,9 +396,6 @@ def plot_precision_recall(result: CocoEvalResult, path: PathLike) -> Path:
     Returns:
         The path written (atomically).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     out = Path(path)
     if out.parent and not out.parent.is_dir():
         raise ValueError(f"plot directory does not exist: {str(out.parent)!r}")
@@ -405,8 +403,7 @@ def plot_precision_recall(result: CocoEvalResult, path: PathLike) -> Path:
     m = result.max_dets.index(max(result.max_dets))
     prec = result.precision[:, :, :, a, m]  # [T, R, K]
 
-    fig = Figure(figsize=(6, 5), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure((6, 5), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     curves = []
     for iou in (0.50, 0.75):
@@ -433,8 +430,7 @@ def plot_precision_recall(result: CocoEvalResult, path: PathLike) -> Path:
     ax.title.set_fontsize(9)
     ax.grid(True, alpha=0.3)
 
-    atomic_write(out, lambda f: fig.savefig(f, format="png"), "wb")
-    return out
+    return save_png(fig, out, dpi=None)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from eval.plots import new_figure, save_png
+
 __all__ = [
     "EARTH_RADIUS_KM",
     "GEOSCORE_SCALE_KM",
@@ -137,16 +139,10 @@ def plot_error_cdf(distances: dict[str, ArrayLike], path: Any, title: str = "geo
     with the thresholds marked; returns the path (written atomically; its folder must exist)."""
     from pathlib import Path
 
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from datasets.io import atomic_write
-
     out = Path(path)
     if not out.parent.is_dir():
         raise FileNotFoundError(f"folder for the error plot does not exist: {out.parent}")
-    fig = Figure(figsize=(6.5, 4.2))
-    FigureCanvasAgg(fig)
+    fig = new_figure((6.5, 4.2))
     ax = fig.add_subplot(1, 1, 1)
     for name, dist in distances.items():
         d = np.sort(_distances(dist))
@@ -163,5 +159,4 @@ def plot_error_cdf(distances: dict[str, ArrayLike], path: Any, title: str = "geo
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110), "wb")
-    return out
+    return save_png(fig, out)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from datasets.io import atomic_write
+from eval.plots import new_figure, save_png
 
 __all__ = [
     "DEFAULT_FARS",
@@ -300,14 +300,10 @@ def verification_report(
 
 def plot_roc(result: VerificationResult, path: str | Path, title: str = "Face verification ROC") -> Path:
     """Write the ROC (TAR against FAR on a log axis) as a PNG, marking the TAR@FAR points."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     out = Path(path)
     if not out.parent.is_dir():
         raise FileNotFoundError(f"folder for the ROC plot does not exist: {out.parent}")
-    fig = Figure(figsize=(5.5, 4.5))
-    FigureCanvasAgg(fig)
+    fig = new_figure((5.5, 4.5))
     ax = fig.add_subplot(1, 1, 1)
     # log axis: FAR 0 cannot be drawn, so start the curve at half the smallest non-zero FAR
     n_neg = max(result.num_different, 1)
@@ -326,5 +322,4 @@ def plot_roc(result: VerificationResult, path: str | Path, title: str = "Face ve
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110), "wb")
-    return out
+    return save_png(fig, out)

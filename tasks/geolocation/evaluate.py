@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader
 
 from datasets.geotagged import GeotaggedImages
 from datasets.images import build_image_transform
-from datasets.io import atomic_write
 from eval.geolocation import format_geolocation_table, geolocation_metrics, plot_error_cdf
+from eval.plots import new_figure, save_png
 from tasks.checkpoint import atomic_write_text, load_model
 from tasks.cli import run_cli
 from tasks.distributed import pick_device
@@ -54,14 +54,11 @@ def plot_world(lat: np.ndarray, lon: np.ndarray, pred_lat: np.ndarray, pred_lon:
                path: str | Path, title: str = "geolocation errors") -> Path:
     """Write a PNG of photos on an equirectangular world: true places coloured by error (log km), a thin line
     to each prediction, the predicted places as small crosses. No map data: a graticule only."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.collections import LineCollection
     from matplotlib.colors import LogNorm
-    from matplotlib.figure import Figure
 
     out = Path(path)
-    fig = Figure(figsize=(10, 5.4))
-    FigureCanvasAgg(fig)
+    fig = new_figure((10, 5.4))
     ax = fig.add_subplot(1, 1, 1)
     # a line across the antimeridian would cross the whole map: draw the shorter way only when it stays on it
     keep = np.abs(pred_lon - lon) <= 180
@@ -82,8 +79,7 @@ def plot_world(lat: np.ndarray, lon: np.ndarray, pred_lat: np.ndarray, pred_lon:
     ax.legend(loc="lower left", fontsize=8)
     fig.colorbar(sc, ax=ax, shrink=0.7, label="error (km)")
     fig.tight_layout()
-    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110), "wb")
-    return out
+    return save_png(fig, out)
 
 
 def _predictions_csv(ids: list[str], lat: np.ndarray, lon: np.ndarray, plat: np.ndarray, plon: np.ndarray,
