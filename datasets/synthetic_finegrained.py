@@ -18,8 +18,10 @@ breeds; the names only exercise the real naming).
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from PIL import Image, ImageDraw
 from datasets.cache import ensure_cached
 from datasets.synthetic_dogs import save_image_as, write_annotation_xml, write_mat_list
 
-__all__ = ["BREEDS", "DETAILS", "GENERATOR_VERSION", "ensure_synthetic_dogs", "write_synthetic_dogs"]
+__all__ = ["BREEDS", "DETAILS", "GENERATOR_VERSION", "ensure_synthetic_dogs", "write_synthetic_dogs", "write_web_set"]
 
 GENERATOR_VERSION = 2
 
@@ -139,9 +141,32 @@ def _draw_dog(draw: ImageDraw.ImageDraw, breed: int, x: float, y: float, size: f
     return [int(math.floor(x1)), int(math.floor(y1)), int(math.ceil(x2)), int(math.ceil(y2))]
 
 
+def _draw_scene(label: int | None, rng: np.random.Generator, *, image_size: int, clutter: int,
+                two_dog_fraction: float) -> tuple[Image.Image, list[list[int]]]:
+    """One image of breed ``label`` (None: background only) and its dogs' xyxy boxes."""
+    w = int(image_size * rng.uniform(0.8, 1.25))
+    h = int(image_size * rng.uniform(0.8, 1.25))
+    img = _background(w, h, rng, clutter)
+    if label is None:
+        return img, []
+    draw = ImageDraw.Draw(img)
+    n = 2 if rng.random() < two_dog_fraction else 1
+    boxes = []
+    for d in range(n):
+        size = min(w, h) * (rng.uniform(0.5, 0.68) if n == 1 else rng.uniform(0.32, 0.42))
+        lo_x = size * 0.45 + (d * w / 2 if n == 2 else 0)
+        hi_x = (w / 2 if n == 2 and d == 0 else w) - size * 1.45
+        x = rng.uniform(lo_x, max(lo_x, hi_x))
+        y = rng.uniform(size * 0.45, max(size * 0.45, h - size * 1.05))
+        box = _draw_dog(draw, label, x, y, size, 1 if rng.random() < 0.5 else -1, rng)
+        boxes.append([max(0, box[0]), max(0, box[1]), min(w, box[2]), min(h, box[3])])
+    return img, boxes
+
+
 def write_synthetic_dogs(root: str | os.PathLike, *, num_breeds: int = 12, train_per_breed: int = 80,
                          test_per_breed: int = 40, image_size: int = 96, two_dog_fraction: float = 0.15,
-                         clutter: int = 10, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+                         clutter: int = 10, seed: int = 0, web_per_breed: int = 0, web_noise: float = 0.35,
+                         web_no_dog: float = 0.05, web_planted: int = 8, progress: bool = False) -> dict[str, Any]:
     """Write the set under ``root`` (module docstring).
 
     Args:
@@ -151,9 +176,11 @@ def write_synthetic_dogs(root: str | os.PathLike, *, num_breeds: int = 12, train
         two_dog_fraction: share of images with two dogs.
         clutter: background shapes per image.
         seed: everything is drawn from it.
+        web_per_breed, web_noise, web_no_dog, web_planted: the noisy web folder (:func:`write_web_set`);
+            0 images per breed: none.
 
     Returns:
-        ``{"root", "breeds", "odd_files", "two_dog_images"}``.
+        ``{"root", "breeds", "odd_files", "two_dog_images"}`` (and ``"web"``: the web set's manifest).
     """
     if num_breeds % 2 or not 2 <= num_breeds <= len(BREEDS):
         raise ValueError(f"num_breeds must be even and in 2..{len(BREEDS)}, got {num_breeds}")
@@ -178,21 +205,10 @@ def write_synthetic_dogs(root: str | os.PathLike, *, num_breeds: int = 12, train
         it = tqdm(plan, desc="synthetic dogs", unit="img", leave=False)
     for label, k in it:
         wnid, name = BREEDS[label]
-        w = int(image_size * rng.uniform(0.8, 1.25))
-        h = int(image_size * rng.uniform(0.8, 1.25))
-        img = _background(w, h, rng, clutter)
-        draw = ImageDraw.Draw(img)
-        n = 2 if rng.random() < two_dog_fraction else 1
-        two_dogs += n == 2
-        boxes = []
-        for d in range(n):
-            size = min(w, h) * (rng.uniform(0.5, 0.68) if n == 1 else rng.uniform(0.32, 0.42))
-            lo_x = size * 0.45 + (d * w / 2 if n == 2 else 0)
-            hi_x = (w / 2 if n == 2 and d == 0 else w) - size * 1.45
-            x = rng.uniform(lo_x, max(lo_x, hi_x))
-            y = rng.uniform(size * 0.45, max(size * 0.45, h - size * 1.05))
-            box = _draw_dog(draw, label, x, y, size, 1 if rng.random() < 0.5 else -1, rng)
-            boxes.append([max(0, box[0]), max(0, box[1]), min(w, box[2]), min(h, box[3])])
+        img, boxes = _draw_scene(label, rng, image_size=image_size, clutter=clutter,
+                                 two_dog_fraction=two_dog_fraction)
+        w, h = img.size
+        two_dogs += len(boxes) == 2
         stem = f"{wnid}_{10000 + 7 * k + label}"
         rel = f"{folders[label]}/{stem}.jpg"
         path = root / "Images" / rel
@@ -207,13 +223,93 @@ def write_synthetic_dogs(root: str | os.PathLike, *, num_breeds: int = 12, train
     for split, items in (("train", lists["train"]), ("test", lists["test"]),
                          ("file", lists["train"] + lists["test"])):
         write_mat_list(root / "lists" / f"{split}_list.mat", [f for f, _ in items], [lab for _, lab in items])
-    return {"root": str(root), "breeds": folders, "odd_files": odd, "two_dog_images": int(two_dogs)}
+    info: dict[str, Any] = {"root": str(root), "breeds": folders, "odd_files": odd, "two_dog_images": int(two_dogs)}
+    if web_per_breed:
+        info["web"] = write_web_set(root, [rel for rel, _ in lists["test"]], num_breeds=num_breeds,
+                                    per_breed=web_per_breed, noise=web_noise, no_dog=web_no_dog,
+                                    planted=web_planted, image_size=image_size, clutter=clutter,
+                                    seed=seed, progress=progress)
+    return info
+
+
+def write_web_set(root: str | os.PathLike, test_files: list[str], *, num_breeds: int, per_breed: int,
+                  noise: float = 0.35, no_dog: float = 0.05, planted: int = 8, image_size: int = 96,
+                  clutter: int = 10, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """The noisy web folder ``root/web/<class>/*.jpg`` beside the clean set (as a web crawl would give it).
+
+    ``per_breed`` images are filed under each breed. A share ``noise`` of them shows another breed (half
+    of those the look-alike partner, the mistake a search engine makes most, half any other breed) and a
+    share ``no_dog`` shows no dog at all: wrong labels, ``noise + no_dog`` in all. Class folders are
+    named as users' crawls name them: some by the full folder name, some by the breed name, some by the
+    wnid. ``planted`` test images are copied in exactly and ``planted`` more as near copies (resized,
+    re-encoded at a lower JPEG quality, every other one mirrored), under their true breed: the leak that
+    deduplication must remove. ``root/web_manifest.json`` records every file's listed and true breed and
+    the planted copies (for measuring; the trainer never reads it).
+
+    Returns:
+        The manifest (``images``, ``planted``, ``wrong_label_fraction``).
+    """
+    if not 0 <= noise + no_dog < 1 or noise < 0 or no_dog < 0:
+        raise ValueError(f"web noise {noise} + no_dog {no_dog} must be in [0, 1)")
+    if not 0 <= 2 * planted <= len(test_files):
+        raise ValueError(f"web_planted={planted}: need 0 <= 2 * planted <= {len(test_files)} test images")
+    root = Path(root)
+    rng = np.random.default_rng([seed, 1])  # its own stream: the clean set does not change with these options
+    names = [(f"{w}-{n}", n, w)[i % 3] for i, (w, n) in enumerate(BREEDS[:num_breeds])]
+    images: dict[str, dict[str, Any]] = {}
+    plan = [(listed, k) for listed in range(num_breeds) for k in range(per_breed)]
+    it: Any = plan
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(plan, desc="synthetic web set", unit="img", leave=False)
+    for listed, k in it:
+        u = rng.random()
+        if u < no_dog:
+            true: int | None = None
+        elif u < no_dog + noise:
+            others = [b for b in range(num_breeds) if b != listed]
+            true = listed ^ 1 if rng.random() < 0.5 else int(rng.choice(others))
+        else:
+            true = listed
+        img, _ = _draw_scene(true, rng, image_size=int(image_size * rng.uniform(0.9, 1.3)),
+                             clutter=int(rng.integers(max(1, clutter // 2), 2 * clutter + 1)), two_dog_fraction=0.1)
+        rel = f"{names[listed]}/web_{listed:03d}_{k:05d}.jpg"
+        (root / "web" / rel).parent.mkdir(parents=True, exist_ok=True)
+        img.save(root / "web" / rel, format="JPEG", quality=int(rng.integers(70, 95)))
+        images[rel] = {"listed": listed, "true": true}
+    copies = []
+    picks = rng.choice(len(test_files), size=2 * planted, replace=False) if planted else []
+    for j, t in enumerate(picks):
+        src = root / "Images" / test_files[int(t)]
+        label = next(i for i, (w, n) in enumerate(BREEDS[:num_breeds]) if test_files[int(t)].startswith(f"{w}-{n}/"))
+        exact = j < planted
+        rel = f"{names[label]}/copy_{j:03d}.jpg"
+        if exact:
+            shutil.copyfile(src, root / "web" / rel)
+        else:
+            with Image.open(src) as im:
+                im = im.convert("RGB")
+                scale = rng.uniform(0.8, 0.95)
+                im = im.resize((max(8, int(im.width * scale)), max(8, int(im.height * scale))),
+                               Image.Resampling.BILINEAR)
+                if j % 2:
+                    im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                im.save(root / "web" / rel, format="JPEG", quality=int(rng.integers(60, 80)))
+        images[rel] = {"listed": label, "true": label}
+        copies.append({"web": rel, "test": test_files[int(t)], "kind": "exact" if exact else "near"})
+    wrong = sum(1 for v in images.values() if v["true"] != v["listed"])
+    manifest = {"images": images, "planted": copies, "wrong_label_fraction": wrong / len(images),
+                "class_folders": names}
+    (root / "web_manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
 
 
 def ensure_synthetic_dogs(cache_dir: str | os.PathLike | None = None, *, progress: bool = False,
                           **params: Any) -> str:
     """The data root of the built-in set with ``params`` (:func:`write_synthetic_dogs`'s), written on first use."""
-    known = {"num_breeds", "train_per_breed", "test_per_breed", "image_size", "two_dog_fraction", "clutter", "seed"}
+    known = {"num_breeds", "train_per_breed", "test_per_breed", "image_size", "two_dog_fraction", "clutter", "seed",
+             "web_per_breed", "web_noise", "web_no_dog", "web_planted"}
     unknown = sorted(set(params) - known)
     if unknown:
         raise ValueError(f"data.synthetic: unknown key {unknown[0]!r} (known: {sorted(known)})")

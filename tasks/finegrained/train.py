@@ -3,6 +3,8 @@
     python -m tasks.finegrained.train                              # built-in synthetic dogs, a few CPU minutes
     python -m tasks.finegrained.train --data-root DOGS [--crop none|box] [--pretrained-backbone timm|PATH]
         [--val-fraction 0.1] [--label-smoothing 0.1] [common flags]
+    python -m tasks.finegrained.train --data-root DOGS --noisy-data-root WEB [--noisy-epochs N]
+        [--noisy-loss gce|bootstrap|small_loss|ce] [--compare-clean-only]     # the paper's two stages
 
 ``--data-root``: the Stanford Dogs layout (``Images/``, ``Annotation/``, ``lists/``), class folders or a
 ``path,label`` CSV (``--ann``); see ``datasets.stanford_dogs``. Validation is a stratified held-out part of
@@ -13,13 +15,21 @@ list (Stanford Dogs' ``test_list.mat``, or ``--test-data-root``/``--test-ann`` f
 plus the ten most-confused breed pairs; ``confusion.png`` is the test confusion matrix.
 ``--crop box`` makes every annotated box a sample (training, validation and test alike).
 
-The paper pretrains on a noisy web set and fine-tunes on the train list; the real-world start is
-ImageNet weights (``--pretrained-backbone timm``), which have seen all 120 breeds (they are ImageNet-1k
-classes). The built-in default trains from scratch on drawn dogs instead (no download).
+The paper pretrains on a noisy web set and fine-tunes on the train list (``tasks.finegrained.noisy``):
+with ``--noisy-data-root`` (or the built-in set's web folder), stage 1 trains on the web set, minus its
+copies of validation and test images, with a loss that tolerates wrong labels, into
+``OUT/web_pretrain/``; stage 2 starts from its best.pt and fine-tunes on the train list into ``OUT/``;
+``--compare-clean-only`` also trains the same stage 2 from stage 1's start into ``OUT/clean_only/``.
+``OUT/summary.json`` then holds the final model's metrics plus ``stages`` (test top-1 of each stage),
+``web`` (the deduplication counts) and ``gain_top1``. ``--resume`` continues the unfinished stage.
+The real-world start is ImageNet weights (``--pretrained-backbone timm``), which have seen all 120 breeds
+(they are ImageNet-1k classes). The built-in default trains from scratch on drawn dogs (no download).
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -32,7 +42,7 @@ from torch.utils.data import DataLoader
 from datasets.images import build_image_transform
 from datasets.stanford_dogs import CROP_MODES, ClassList, FineGrainedDataset, ImageRecord, open_finegrained, \
     standard_splits
-from tasks.checkpoint import checkpoint_meta
+from tasks.checkpoint import atomic_write_text, checkpoint_meta, load_model, to_plain
 from tasks.classifier import ClassifierModelConfig, ImageDataConfig
 from tasks.cli import run_cli
 from tasks.config import load_config
@@ -41,6 +51,7 @@ from tasks.engine import EngineConfig
 from tasks.flags import flag_overrides, train_parser
 from tasks.lifecycle import Report, TrainJob, resolve_workers, run_training
 
+from .noisy import NOISY_LOSSES, NoisyWebConfig, WebSet, noisy_loss, read_web_set
 from .scoring import evaluate_classifier, score_split
 
 __all__ = ["FineGrainedConfig", "build_parser", "classification_loss", "main", "resolve_config"]
@@ -89,6 +100,7 @@ class FineGrainedConfig:
     model: ClassifierModelConfig = field(default_factory=ClassifierModelConfig)
     data: FineGrainedData = field(default_factory=FineGrainedData)
     loss: FineGrainedLoss = field(default_factory=FineGrainedLoss)
+    noisy: NoisyWebConfig = field(default_factory=NoisyWebConfig)
     train: EngineConfig = field(default_factory=lambda: EngineConfig(
         epochs=20, batch_size=32, optimizer="adamw", lr=0.01, weight_decay=1e-4, warmup_iters=20))
 
@@ -100,6 +112,16 @@ class FineGrainedConfig:
             raise ValueError("data.test_ann needs data.test_root (--test-data-root)")
         if self.data.root is None and not self.data.synthetic:
             raise ValueError("data.root is required (--data-root DOGS), or data.synthetic for the built-in set")
+        if self.has_web() and self.noisy.epochs == 0:
+            raise ValueError("noisy.epochs=0 (--noisy-epochs) with a web set: give the stage-1 epochs, or leave out "
+                             "the web set (--noisy-data-root)")
+        if self.noisy.compare_clean_only and not self.has_web():
+            raise ValueError("noisy.compare_clean_only (--compare-clean-only) needs a web set (--noisy-data-root)")
+
+    def has_web(self) -> bool:
+        """A web set for stage 1: the user's, or the built-in set's own web folder."""
+        return bool(self.noisy.root) or (self.data.root is None and
+                                         int(self.data.synthetic.get("web_per_breed", 0) or 0) > 0)
 
 
 @dataclass
@@ -109,6 +131,8 @@ class _Data:
     val: FineGrainedDataset
     test: FineGrainedDataset | None
     source: str
+    train_transform: Any = None
+    web: WebSet | None = None
 
 
 def classification_loss(label_smoothing: float):
@@ -137,12 +161,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no random crop / flip / jitter [data.augment]")
     g.add_argument("--skip-bad-images", action="store_true", default=None,
                    help="skip and count missing/corrupt images [data.skip_bad_images]")
+    w = p.add_argument_group("noisy web pretraining (stage 1)")
+    w.add_argument("--noisy-data-root", help="the web set: class folders or a 'path,label' CSV [noisy.root]")
+    w.add_argument("--noisy-ann", help="a 'path,label' CSV relative to --noisy-data-root [noisy.ann]")
+    w.add_argument("--noisy-epochs", type=int, help="stage-1 epochs on the web set [noisy.epochs]")
+    w.add_argument("--noisy-lr", type=float, help="stage-1 peak learning rate (default: --lr) [noisy.lr]")
+    w.add_argument("--noisy-loss", choices=list(NOISY_LOSSES), help="stage-1 loss for wrong labels [noisy.loss]")
+    w.add_argument("--dedupe-distance", type=int, help="near-copy threshold, bits of 256 of the perceptual hash; "
+                                                       "-1: exact copies only [noisy.dedupe_distance]")
+    w.add_argument("--compare-clean-only", action="store_true", default=None,
+                   help="also train clean-only with stage 2's budget and print the gain [noisy.compare_clean_only]")
     return p
 
 
 _TASK_FLAGS = {"crop": "data.crop", "val_fraction": "data.val_fraction", "test_data_root": "data.test_root",
                "test_ann": "data.test_ann", "label_smoothing": "loss.label_smoothing", "augment": "data.augment",
-               "skip_bad_images": "data.skip_bad_images"}
+               "skip_bad_images": "data.skip_bad_images", "noisy_data_root": "noisy.root",
+               "noisy_ann": "noisy.ann", "noisy_epochs": "noisy.epochs", "noisy_lr": "noisy.lr",
+               "noisy_loss": "noisy.loss", "dedupe_distance": "noisy.dedupe_distance",
+               "compare_clean_only": "noisy.compare_clean_only"}
 
 
 def resolve_config(args: argparse.Namespace) -> FineGrainedConfig:
@@ -181,7 +218,7 @@ def _prepare(cfg: FineGrainedConfig, dist: DistInfo) -> _Data:
         return FineGrainedDataset(recs, index.classes, tf, crop=d.crop, skip_bad_images=d.skip_bad_images)
 
     data = _Data(index.classes, dataset(train_recs, train_tf), dataset(val_recs, eval_tf),
-                 dataset(test_recs, eval_tf) if test_recs else None, str(root))
+                 dataset(test_recs, eval_tf) if test_recs else None, str(root), train_tf)
     if d.skip_bad_images:
         for ds in (data.train, data.val, data.test):
             if ds is not None:
@@ -189,15 +226,41 @@ def _prepare(cfg: FineGrainedConfig, dist: DistInfo) -> _Data:
     return data
 
 
-def _build(cfg: FineGrainedConfig, data: _Data, dist: DistInfo) -> TrainJob:
+def _prepare_web(cfg: FineGrainedConfig, dist: DistInfo, out: Path) -> _Data:
+    """Stage 1's data: the web set (minus its copies of val/test images) to train on, the clean val and test."""
+    data = _prepare(cfg, dist)
+    n = cfg.noisy
+    root = n.root or str(Path(data.source) / "web")
+    protect = {"val": list(data.val.records)}
+    if data.test is not None:
+        protect["test"] = list(data.test.records)
+    web = read_web_set(root, n.ann, data.classes, protect, max_distance=n.dedupe_distance,
+                       out_json=out / "web_dedupe.json" if dist.is_main else None, progress=dist.is_main)
+    # web photos have no boxes: whole images even with --crop box
+    data.train = FineGrainedDataset(web.records, data.classes, data.train_transform, crop="none",
+                                    skip_bad_images=cfg.data.skip_bad_images)
+    if cfg.data.skip_bad_images:
+        data.train.scan_images(progress=dist.is_main)
+    data.web = web
+    data.source = root
+    return data
+
+
+def _build(cfg: FineGrainedConfig, data: _Data, dist: DistInfo, *, stage: str = "clean",
+           init: Path | None = None) -> TrainJob:
+    """The job of one stage: ``web_pretrain`` (the web set, a noise-tolerant loss), ``finetune`` (the train
+    list, starting from ``init``, stage 1's best.pt) or ``clean`` (the train list from the configured start)."""
     names = list(data.classes.names)
     n = len(names)
     model = cfg.model.build(n)
+    if init is not None:
+        start, _ = load_model(init, "cpu", task="finegrained")
+        model.load_state_dict(start.state_dict())
     meta = checkpoint_meta("finegrained", "classifier", cfg.model.spec(n), resolution=cfg.model.resolution,
                            mean=cfg.data.mean, std=cfg.data.std, labels=names, output="classes",
                            wnids=list(data.classes.wnids), classes=data.classes.as_dict(), crop=cfg.data.crop,
                            holdout=None if (cfg.data.val_root or cfg.data.val_ann) else
-                           {"val_fraction": cfg.data.val_fraction, "seed": cfg.train.seed})
+                           {"val_fraction": cfg.data.val_fraction, "seed": cfg.train.seed}, stage=stage)
     workers = resolve_workers(cfg.data.workers, dist)
 
     def loader(ds: FineGrainedDataset) -> DataLoader:
@@ -227,21 +290,132 @@ def _build(cfg: FineGrainedConfig, data: _Data, dist: DistInfo) -> TrainJob:
                              "test_bad_images_skipped": int(data.test.stats.get("bad_images_skipped", 0)),
                              "samples": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}})
 
-    lines = [f"fine-grained: {n} classes from {data.source}; train {len(data.train)}, val {len(data.val)} "
-             f"(held out of the train list), test {len(data.test) if data.test is not None else 0} samples "
-             f"(crop {cfg.data.crop}); {cfg.model.backbone} alpha {cfg.model.alpha} @ {cfg.model.resolution}"
-             + (f", start {cfg.model.pretrained_backbone}" if cfg.model.pretrained_backbone else ", from scratch")]
-    return TrainJob(model=model, train_set=data.train, loss_fn=classification_loss(cfg.loss.label_smoothing),
-                    meta=meta, evaluate_fn=evaluate_fn, metric="top1", metric_mode="max", report=report,
-                    val_set=data.val, lines=lines)
+    what = {"web_pretrain": "stage 1: noisy web set", "finetune": f"stage 2: fine-tune from {init}",
+            "clean": "train list"}[stage]
+    lines = [f"fine-grained ({what}): {n} classes from {data.source}; train {len(data.train)}, val "
+             f"{len(data.val)} (held out of the train list), test {len(data.test) if data.test is not None else 0} "
+             f"samples (crop {cfg.data.crop}); {cfg.model.backbone} alpha {cfg.model.alpha} @ {cfg.model.resolution}"
+             + (f", start {cfg.model.pretrained_backbone}" if cfg.model.pretrained_backbone and init is None else
+                ", from scratch" if init is None else "")]
+    if data.web is not None:
+        c = data.web
+        lines.append(f"web set {c.source}: {c.listed} images, {c.removed_exact} exact and {c.removed_near} near "
+                     f"copies of val/test images removed ({c.removed_by_split}), {len(c.records)} kept; "
+                     f"loss {cfg.noisy.loss} + label smoothing {cfg.loss.label_smoothing}")
+        steps = max(1, len(data.train) // max(1, cfg.train.batch_size))
+        loss_fn = noisy_loss(cfg.noisy.loss, label_smoothing=cfg.loss.label_smoothing, gce_q=cfg.noisy.gce_q,
+                             bootstrap_beta=cfg.noisy.bootstrap_beta, forget_rate=cfg.noisy.forget_rate,
+                             ramp_steps=steps)
+    else:
+        loss_fn = classification_loss(cfg.loss.label_smoothing)
+    inner_report = report
+
+    def stage_report(best: torch.nn.Module, meta: Mapping[str, Any], out: Path) -> Report:
+        rep = inner_report(best, meta, out)
+        rep.extra["stage"] = stage
+        if data.web is not None:
+            rep.extra["web"] = data.web.counts()
+        return rep
+
+    return TrainJob(model=model, train_set=data.train, loss_fn=loss_fn, meta=meta, evaluate_fn=evaluate_fn,
+                    metric="top1", metric_mode="max", report=stage_report, val_set=data.val, lines=lines)
+
+
+STAGE_DIRS = {"web_pretrain": "web_pretrain", "finetune": ".", "clean_only": "clean_only"}
+
+
+def _stage_configs(cfg: FineGrainedConfig) -> dict[str, FineGrainedConfig]:
+    web = copy.deepcopy(cfg)
+    web.train.epochs = cfg.noisy.epochs
+    web.train.lr = cfg.noisy.lr or cfg.train.lr
+    return {"web_pretrain": web, "finetune": cfg, "clean_only": cfg}
+
+
+def _stage_resume(stage_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:
+    """A finished stage's summary, or the last.pt of an unfinished one (``--resume`` of a staged run)."""
+    summary = stage_dir / "summary.json"
+    if summary.is_file() and (stage_dir / "best.pt").is_file():
+        done = json.loads(summary.read_text())
+        for key in ("stages", "web", "gain_top1", "total_wall_time_s"):  # stage 2's folder holds the combined summary: its own + these
+            done.pop(key, None)
+        return done, None
+    last = stage_dir / "last.pt"
+    return None, last if last.is_file() else None
+
+
+def _run_stages(cfg: FineGrainedConfig, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Stage 1 on the web set, stage 2 on the train list from stage 1, optionally the clean-only twin."""
+    configs = _stage_configs(cfg)
+    order = ["web_pretrain", "finetune"] + (["clean_only"] if cfg.noisy.compare_clean_only else [])
+    if args.resume is not None:
+        inside = Path(args.resume).resolve()
+        dirs = {(out / STAGE_DIRS[s]).resolve() for s in order}
+        if inside.parent not in dirs:
+            raise ValueError(f"--resume {args.resume}: a staged run resumes from the last.pt of one of its stage "
+                             f"folders ({', '.join(str(out / STAGE_DIRS[s]) for s in order)})")
+    summaries: dict[str, dict[str, Any]] = {}
+    for stage in order:
+        stage_dir = out / STAGE_DIRS[stage]
+        done, last = _stage_resume(stage_dir) if args.resume is not None else (None, None)
+        if done is not None:
+            print(f"{stage}: finished before, {stage_dir / 'best.pt'} reused")
+            summaries[stage] = done
+            continue
+        if stage == "web_pretrain":
+            prepare = lambda c, d, _dir=stage_dir: _prepare_web(c, d, _dir)  # noqa: E731
+            build = lambda c, data, d: _build(c, data, d, stage="web_pretrain")  # noqa: E731
+        else:
+            init = Path(summaries["web_pretrain"]["best_checkpoint"]) if stage == "finetune" else None
+            prepare = _prepare
+            build = lambda c, data, d, _s=stage, _i=init: _build(  # noqa: E731
+                c, data, d, stage="finetune" if _s == "finetune" else "clean", init=_i)
+        summaries[stage] = run_training("finegrained", configs[stage], output_dir=stage_dir, prepare=prepare,
+                                        build=build, device=args.device, resume=last,
+                                        resume_anyway=args.resume_anyway)
+        if "metrics" not in summaries[stage]:  # not rank 0
+            return summaries[stage]
+    return _combine(out, summaries)
+
+
+def _combine(out: Path, summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The run's summary.json: stage 2's, plus every stage's test top-1, the web set's counts and the gain."""
+    final = dict(summaries["finetune"])
+    stages = {}
+    for stage, s in summaries.items():
+        m = s.get("metrics", {})
+        stages[stage] = {"top1": m.get("top1"), "top5": m.get("top5"), "val_top1": m.get("val_top1", m.get("top1")),
+                         "epochs": s.get("epochs"), "best_checkpoint": s.get("best_checkpoint"),
+                         "train_samples": s.get("samples", {}).get("train"), "wall_time_s": s.get("wall_time_s")}
+    final["stages"] = stages
+    final["web"] = summaries["web_pretrain"].get("web", {})
+    split = "top1" if stages["finetune"]["top1"] is not None else "val_top1"
+    lines = ["", f"noisy web pretraining, then fine-tuning ({'test' if split == 'top1' else 'val'} top-1 of each "
+                 "stage's best.pt, chosen on validation):"]
+    w = final["web"]
+    lines.append(f"  stage 1  web set, {w.get('kept')} of {w.get('listed')} images kept "
+                 f"({w.get('removed_exact_duplicates')} exact + {w.get('removed_near_duplicates')} near copies of "
+                 f"val/test removed): {100 * (stages['web_pretrain'][split] or 0):.1f}%")
+    lines.append(f"  stage 2  fine-tuned on the train list:          {100 * (stages['finetune'][split] or 0):.1f}%")
+    if "clean_only" in stages:
+        gain = (stages["finetune"][split] or 0) - (stages["clean_only"][split] or 0)
+        final["gain_top1"] = gain
+        lines.append(f"  clean-only, the same stage-2 budget:           "
+                     f"{100 * (stages['clean_only'][split] or 0):.1f}%   gain {100 * gain:+.1f} points")
+    final["total_wall_time_s"] = round(sum(s.get("wall_time_s", 0) or 0 for s in summaries.values()), 1)
+    atomic_write_text(out / "summary.json", json.dumps(to_plain(final, "summary"), indent=2) + "\n")
+    print("\n".join(lines))
+    return final
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     cfg = resolve_config(args)
     output_dir = Path(args.output_dir or "runs/finegrained")
-    summary = run_training("finegrained", cfg, output_dir=output_dir, prepare=_prepare, build=_build,
-                           device=args.device, resume=args.resume)
+    if cfg.has_web():
+        summary = _run_stages(cfg, output_dir, args)
+    else:
+        summary = run_training("finegrained", cfg, output_dir=output_dir, prepare=_prepare, build=_build,
+                               device=args.device, resume=args.resume, resume_anyway=args.resume_anyway)
     metrics = summary.get("metrics", {})
     summary["top1"] = metrics.get("top1", metrics.get("val_top1"))
     return summary
