@@ -440,7 +440,7 @@ def read_exif_gps(path: str | os.PathLike) -> tuple[float, float]:
             naming the photo and the tag).
     """
     path = os.fspath(path)
-    gps = read_exif(path).get_ifd(GPS_IFD)
+    gps = read_exif(path, GPS_IFD)
     if not gps:
         raise NoGPSError(f"{path}: no GPS position in its EXIF")
     return _gps_degrees(gps, "lat", path), _gps_degrees(gps, "lon", path)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import struct
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -123,19 +124,21 @@ def load_rgb_image(path: str | os.PathLike | bytes, *, name: str | None = None) 
         raise ImageDecodeError(f"cannot decode image {shown}: {type(err).__name__}: {err}") from err
 
 
-def read_exif(path: str | os.PathLike | bytes, *, name: str | None = None) -> Image.Exif:
-    """The EXIF tags of an image (file or bytes) without decoding its pixels; empty when it has none.
+def read_exif(path: str | os.PathLike | bytes, ifd: int | None = None, *, name: str | None = None) -> dict[int, Any]:
+    """An image's EXIF tags (file or bytes), or those of one sub-IFD (e.g. ``0x8825``, GPS), without decoding
+    its pixels; empty when it has none. Read while the file is open (TIFF reads its IFDs lazily).
 
     Raises:
-        FileNotFoundError / ImageDecodeError: as :func:`load_rgb_image`.
+        FileNotFoundError / ImageDecodeError: as :func:`load_rgb_image` (a corrupt EXIF block too).
     """
     src, shown = _source(path, name)
     try:
         with Image.open(src) as img:
-            return img.getexif()
+            exif = img.getexif()
+            return dict(exif.get_ifd(ifd) if ifd is not None else exif)
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {shown}") from None
-    except _PIL_ERRORS as err:
+    except (*_PIL_ERRORS, struct.error) as err:
         raise ImageDecodeError(f"cannot read image {shown}: {type(err).__name__}: {err}") from err
 
 

@@ -274,7 +274,7 @@ def _gps_photo(path, lat_dms, lat_ref, lon_dms, lon_ref, fmt="JPEG"):
     if lon_dms is not None:
         gps.update({3: lon_ref, 4: tuple(r(*v) for v in lon_dms)})
     exif[0x8825] = gps
-    Image.new("RGB", (16, 12), (90, 120, 30)).save(path, format=fmt, exif=exif)
+    Image.new("RGB", (16, 12), (90, 120, 30)).save(path, format=fmt, exif=exif.tobytes())
 
 
 def _exact(dms, negative):
@@ -291,6 +291,8 @@ def test_exif_gps_is_parsed_exactly(tmp_path):
     rio = ([(2290683, 100000)], [(43, 1), (1035, 100)])  # decimal degrees / degrees + decimal minutes
     _gps_photo(tmp_path / "rio.png", rio[0], "S", rio[1], "W", fmt="PNG")
     assert read_exif_gps(tmp_path / "rio.png") == (_exact(rio[0], True), _exact(rio[1], True))
+    _gps_photo(tmp_path / "sydney.tif", sydney[0], "S", sydney[1], "E", fmt="TIFF")  # IFDs read while open
+    assert read_exif_gps(tmp_path / "sydney.tif") == (lat, lon)
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.jpg")
     with pytest.raises(NoGPSError, match=r"plain.jpg: no GPS position"):
         read_exif_gps(tmp_path / "plain.jpg")
@@ -301,13 +303,13 @@ def test_exif_gps_is_parsed_exactly(tmp_path):
     with pytest.raises(NoGPSError, match=r"ref.jpg: EXIF GPSLatitudeRef is 'Q', expected N or S"):
         read_exif_gps(tmp_path / "ref.jpg")
 
-    with pytest.raises(ValueError, match=r"(half|plain|ref).jpg.*\(3 of the 5 photos.*--skip-bad-images"):
+    with pytest.raises(ValueError, match=r"(half|plain|ref).jpg.*\(3 of the 6 photos.*--skip-bad-images"):
         read_exif_gps_table(tmp_path)
     table = read_exif_gps_table(tmp_path, skip_bad_images=True)
-    assert table.ids == ["rio.png", "sydney.jpg"] and table.counts == {"no_gps_images": 3}
-    assert table.lat.tolist() == [_exact(rio[0], True), lat]
+    assert table.ids == ["rio.png", "sydney.jpg", "sydney.tif"] and table.counts == {"no_gps_images": 3}
+    assert table.lat.tolist() == [_exact(rio[0], True), lat, lat]
     ds = GeotaggedImages(table, tmp_path)
-    assert ds.stats["no_gps_images"] == 3 and ds.stats["bad_images_skipped"] == 3 and len(ds) == 2
+    assert ds.stats["no_gps_images"] == 3 and ds.stats["bad_images_skipped"] == 3 and len(ds) == 3
 
 
 # --------------------------------------------------------------------------------------------------
