@@ -215,8 +215,8 @@ def training_benchmark(args: argparse.Namespace) -> None:
     for kind in ("folder", "shards"):
         each = ", ".join(f"{x['train_images_per_s']:.0f}" for x in results[kind])
         print(f"| {kind} | {med[kind]['loader_images_per_s']:.0f} | {med[kind]['train_images_per_s']:.0f} | {each} |")
-    print(f"shards / folder: loader {med['shards']['loader_images_per_s'] / med['folder']['loader_images_per_s']:.2f}x, "
-          f"training {med['shards']['train_images_per_s'] / med['folder']['train_images_per_s']:.2f}x "
+    ratio = {m: med["shards"][m] / med["folder"][m] for m in ("loader_images_per_s", "train_images_per_s")}
+    print(f"shards / folder: loader {ratio['loader_images_per_s']:.2f}x, training {ratio['train_images_per_s']:.2f}x "
           f"({results['shards'][0]['cells']} cells, {results['shards'][0]['threads']} torch threads)")
 
 

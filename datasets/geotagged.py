@@ -559,6 +559,9 @@ class _JsonLocation:
         return _json_coord(obj[la], where, la), _json_coord(obj[lo], where, lo), str(value), la, lo, ident
 
 
+_SAME = object()  # select(): keep the transform
+
+
 class GeotaggedShards(torch.utils.data.Dataset):
     """Geotagged photos in webdataset tar shards: each sample an image plus a ``.json`` with its location.
 
@@ -588,8 +591,8 @@ class GeotaggedShards(torch.utils.data.Dataset):
     def __init__(self, spec: str | os.PathLike | Sequence[str], transform: Callable[[Image.Image], Any] | None = None,
                  *, id_col: str | None = None, lat_col: str | None = None, lon_col: str | None = None,
                  skip_bad_images: bool = False, num_threads: int | None = None, progress: bool = False) -> None:
-        self.spec = spec if isinstance(spec, str) else os.fspath(spec) if isinstance(spec, os.PathLike) \
-            else SHARD_SEPARATOR.join(os.fspath(s) for s in spec)
+        self.spec = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else \
+            SHARD_SEPARATOR.join(os.fspath(s) for s in spec)
         shards = expand_shards(spec)
         index, records, stats = index_shards(shards, _JsonLocation(id_col, lat_col, lon_col), parts=("json",),
                                              check_images=skip_bad_images, skip_bad_images=skip_bad_images,
@@ -609,7 +612,7 @@ class GeotaggedShards(torch.utils.data.Dataset):
         self.files = ShardFiles(index)
         self.stats = dict(stats, images=len(index))
 
-    def select(self, positions: Sequence[int] | np.ndarray, *, transform: Any = "same",
+    def select(self, positions: Sequence[int] | np.ndarray, *, transform: Any = _SAME,
                keep_counts: bool = True) -> GeotaggedShards:
         """The samples at ``positions`` (sorted into file order), with ``transform`` (default: this one's);
         ``keep_counts=False`` drops the counts of skipped samples (the second part of a split)."""
@@ -621,7 +624,7 @@ class GeotaggedShards(torch.utils.data.Dataset):
         stats = dict(self.stats) if keep_counts else {k: 0 for k in self.stats}
         out._set(self.index.select(idx), self.lat[idx], self.lon[idx],
                  [self._ids[i] for i in idx.tolist()] if self._ids is not None else None,
-                 self.transform if transform == "same" else transform, stats)
+                 self.transform if transform is _SAME else transform, stats)
         return out
 
     def with_transform(self, transform: Callable[[Image.Image], Any] | None) -> GeotaggedShards:

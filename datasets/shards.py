@@ -386,7 +386,8 @@ def _member_bytes(tf: tarfile.TarFile, m: tarfile.TarInfo, path: str, file_size:
 
 def index_shards(shards: Sequence[str], parse: Callable[[str, str, dict[str, bytes]], Any], *,
                  parts: Sequence[str] = ("json",), check_images: bool = False, skip_bad_images: bool = False,
-                 num_threads: int | None = None, progress: bool = False) -> tuple[ShardIndex, list[Any], dict[str, int]]:
+                 num_threads: int | None = None,
+                 progress: bool = False) -> tuple[ShardIndex, list[Any], dict[str, int]]:
     """Read every shard's members once (threaded over shards) and index the samples with an image.
 
     Args:
