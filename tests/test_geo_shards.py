@@ -242,6 +242,31 @@ def test_loader_reads_each_sample_once_per_epoch_with_two_workers(geo):
         assert sorted(flat) == list(range(N_TRAIN))
 
 
+def test_stream_order_buffer_and_engine_contract(geo):
+    from torch.utils.data import IterableDataset
+
+    from datasets.shards import ShardStream
+
+    _, spec, _ = geo
+    ds = GeotaggedShards(spec)
+    plain = ShardStream(ds, shuffle_buffer=0, seed=2)
+    want, _ = epoch_plan(ds.shard_of, epoch=0, seed=2)
+    assert [s["index"] for s in plain] == want.tolist()  # shard order, each shard front to back
+    mixed = [s["index"] for s in ShardStream(ds, shuffle_buffer=5, seed=2)]
+    assert sorted(mixed) == sorted(want.tolist()) and mixed != want.tolist()
+    with pytest.raises(ValueError, match="composes its own batches"):
+        build_train_loader(plain, None, batch_sampler=[[0]])
+
+    class Bare(IterableDataset):
+        def __iter__(self):
+            yield from range(3)
+
+    with pytest.raises(TypeError, match="no batches"):
+        build_train_loader(Bare(), 2)
+    with pytest.raises(TypeError, match="has no 'shard_of'"):
+        ShardStream(read_geotagged_csv)
+
+
 def test_each_sample_once_per_epoch_under_two_process_ddp(geo, tmp_path):
     _, spec, _ = geo
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
