@@ -31,7 +31,7 @@ sample index modulo ``R * W`` would). Whole shards per consumer (webdataset's ``
 hence different step counts, and DDP hangs on the rank that finishes first. Here every rank makes the same
 number of steps, :func:`steps_per_epoch` (what the map-style sampler would give: ``ceil(ceil(N / R) / B)``);
 its batches are split as evenly as possible (sizes differ by at most one, never above ``B``); with
-``drop_last`` every batch holds exactly ``B`` and up to ``R * B - 1`` + ``N mod R`` samples, different ones
+``drop_last`` every batch holds exactly ``B`` and up to ``R * (B - 1) + N mod R`` samples, different ones
 each epoch, sit the epoch out. Within a worker a shuffle buffer (``shuffle_buffer`` samples of raw bytes,
 seeded by seed, epoch, rank and worker) mixes neighbouring samples; images are decoded as they leave it.
 The order depends only on the seed and the epoch, so a resumed run sees the same batches.
