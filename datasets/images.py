@@ -37,8 +37,10 @@ distillation, "hence enabling training from large (and potentially infinite) unl
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import struct
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -56,11 +58,13 @@ __all__ = [
     "CenterSquare",
     "ImageDecodeError",
     "ImageFiles",
+    "apply_transform",
     "build_image_transform",
     "is_image_file",
     "list_images",
     "load_readable",
     "load_rgb_image",
+    "read_exif",
     "scan_images",
     "split_holdout",
 ]
@@ -92,21 +96,50 @@ def is_image_file(name: str) -> bool:
     return not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def load_rgb_image(path: str | os.PathLike) -> Image.Image:
+def _source(path: str | os.PathLike | bytes, name: str | None) -> tuple[Any, str]:
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        return io.BytesIO(path), name or "<bytes>"
+    return path, name or os.fspath(path)
+
+
+def load_rgb_image(path: str | os.PathLike | bytes, *, name: str | None = None) -> Image.Image:
     """Decode ``path`` fully into an 8-bit RGB PIL image in its displayed orientation (module docstring).
+
+    Args:
+        path: an image file, or an encoded image's bytes (a tar shard's member).
+        name: what messages call it (default: the path); e.g. ``shard.tar:key.jpg``.
 
     Raises:
         FileNotFoundError: no such file (the message names it).
         ImageDecodeError: the file is not a readable image (a ``ValueError`` naming the file).
     """
+    src, shown = _source(path, name)
     try:
-        with Image.open(path) as img:
+        with Image.open(src) as img:
             img.load()  # decode now, so truncation is detected here and not later inside a transform
             return _to_rgb(ImageOps.exif_transpose(img))
     except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {os.fspath(path)}") from None
+        raise FileNotFoundError(f"image file not found: {shown}") from None
     except _PIL_ERRORS as err:
-        raise ImageDecodeError(f"cannot decode image {os.fspath(path)}: {type(err).__name__}: {err}") from err
+        raise ImageDecodeError(f"cannot decode image {shown}: {type(err).__name__}: {err}") from err
+
+
+def read_exif(path: str | os.PathLike | bytes, ifd: int | None = None, *, name: str | None = None) -> dict[int, Any]:
+    """An image's EXIF tags (file or bytes), or those of one sub-IFD (e.g. ``0x8825``, GPS), without decoding
+    its pixels; empty when it has none. Read while the file is open (TIFF reads its IFDs lazily).
+
+    Raises:
+        FileNotFoundError / ImageDecodeError: as :func:`load_rgb_image` (a corrupt EXIF block too).
+    """
+    src, shown = _source(path, name)
+    try:
+        with Image.open(src) as img:
+            exif = img.getexif()
+            return dict(exif.get_ifd(ifd) if ifd is not None else exif)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {shown}") from None
+    except (*_PIL_ERRORS, struct.error) as err:
+        raise ImageDecodeError(f"cannot read image {shown}: {type(err).__name__}: {err}") from err
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -129,6 +162,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def apply_transform(image: Image.Image, transform: Callable[[Image.Image], Any] | None) -> Any:
+    """``transform(image)``; without one, the pixels as a uint8 tensor [3, H, W]."""
+    if transform is not None:
+        return transform(image)
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -457,9 +497,7 @@ class ImageFiles(torch.utils.data.Dataset):
         late = len(self._bad_at_load) - before
         self.stats["corrupt_images"] += late
         self.stats["bad_images_skipped"] += late
-        image = self.transform(pil) if self.transform is not None else \
-            torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1)
-        sample: dict[str, Any] = {"image": image, "index": j}
+        sample: dict[str, Any] = {"image": apply_transform(pil, self.transform), "index": j}
         if self.targets is not None:
             sample["target"] = torch.from_numpy(np.array(self.targets[j]))
         return sample

@@ -20,7 +20,9 @@ On top come nuisances that carry no location: horizon height, stripe phase, expo
 
 Layout: ``train/*.jpg``, ``val/*.jpg``, ``train.csv`` and ``val.csv`` with ``IMG_ID, LAT, LON, country,
 city`` (MP-16's columns plus two that the reader ignores). :func:`ensure_synthetic_geotagged` writes it
-once into the suite's cache (``datasets.cache.ensure_cached``).
+once into the suite's cache (``datasets.cache.ensure_cached``). :func:`write_synthetic_geotagged_shards`
+(``python -m datasets.synthetic_geotagged --shards OUT --shard-size N``) writes the same photos as webdataset
+tar shards, ``OUT/train/000000.tar ...`` and ``OUT/val/...``, each sample ``<key>.jpg`` + ``<key>.json``.
 """
 from __future__ import annotations
 
@@ -34,11 +36,11 @@ import numpy as np
 from PIL import Image
 
 from datasets.cache import ensure_cached
-from datasets.geotagged import write_geotagged_csv
+from datasets.geotagged import write_geotagged_csv, write_geotagged_shards
 from datasets.io import atomic_write_text, run_cli
 
 __all__ = ["SYNTH_DEFAULTS", "SYNTH_VERSION", "ensure_synthetic_geotagged", "load_places", "render_photo",
-           "write_synthetic_geotagged"]
+           "write_synthetic_geotagged", "write_synthetic_geotagged_shards"]
 
 SYNTH_VERSION = 1
 SYNTH_DEFAULTS: dict[str, Any] = {"num_train": 6000, "num_val": 1000, "image_size": 64, "num_landmarks": 12,
@@ -183,14 +185,35 @@ def ensure_synthetic_geotagged(*, cache_dir: str | os.PathLike | None = None, **
             for k in ("root", "ann")}
 
 
+def write_synthetic_geotagged_shards(out: str | os.PathLike, *, shard_size: int = 1000,
+                                     paths: dict[str, str] | None = None, **params: Any) -> dict[str, str]:
+    """The synthetic photos (``paths`` of :func:`write_synthetic_geotagged`, else the cached set for
+    ``params``) as tar shards under ``out/train`` and ``out/val``; returns ``{"train": spec, "val": spec}``, the
+    brace patterns to pass as ``--data-root`` / ``--val-data-root``."""
+    from datasets.shards import shard_pattern
+
+    paths = paths or ensure_synthetic_geotagged(**params)
+    return {split: shard_pattern(write_geotagged_shards(paths[f"{split}_ann"], paths[f"{split}_root"],
+                                                        Path(out) / split, shard_size=shard_size))
+            for split in ("train", "val")}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m datasets.synthetic_geotagged",
-                                description="Write (once) the synthetic geotagged photos and print their paths.")
+                                description="Write (once) the synthetic geotagged photos and print their paths; "
+                                            "with --shards, also write them as webdataset tar shards.")
     for key, value in SYNTH_DEFAULTS.items():
         p.add_argument("--" + key.replace("_", "-"), type=type(value), default=value)
-    args = p.parse_args(argv)
-    for k, v in ensure_synthetic_geotagged(**vars(args)).items():
+    p.add_argument("--shards", metavar="OUT", help="also write OUT/train/*.tar and OUT/val/*.tar")
+    p.add_argument("--shard-size", type=int, default=1000, help="photos per shard (default 1000)")
+    args = vars(p.parse_args(argv))
+    out, shard_size = args.pop("shards"), args.pop("shard_size")
+    paths = ensure_synthetic_geotagged(**args)
+    for k, v in paths.items():
         print(f"{k}: {v}")
+    if out:
+        for split, spec in write_synthetic_geotagged_shards(out, shard_size=shard_size, paths=paths).items():
+            print(f"{split}_shards: {spec}")
     return 0
 
 

@@ -44,7 +44,7 @@ import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Sampler
 from tqdm import tqdm
 
 from tasks.checkpoint import (
@@ -328,8 +328,14 @@ def build_train_loader(
     rank's share under DDP, and for exact resumes its batches must depend only on its seed and the
     epoch given to its ``set_epoch(epoch)``, which :func:`fit` calls as for the DistributedSampler.
 
+    A streamed dataset (an ``IterableDataset``, e.g. ``datasets.shards.ShardStream`` over tar shards)
+    splits itself: it offers ``batches(batch_size=, rank=, world_size=, seed=, drop_last=, collate_fn=)``,
+    an iterable of this rank's collated batches whose ``len()`` is the same on every rank (so no rank
+    waits for another in DDP's collectives) and whose order follows its ``set_epoch(epoch)``. The loader
+    iterates it with ``batch_size=None``; the data-loader workers split it among themselves.
+
     Args:
-        dataset: map-style dataset.
+        dataset: map-style dataset, or a streamed one (above).
         batch_size: per-process batch size (``None`` with a ``batch_sampler``).
         collate_fn: passed to the DataLoader (e.g. a detection collate that keeps lists).
         num_workers: DataLoader worker processes.
@@ -350,13 +356,24 @@ def build_train_loader(
         raise ValueError(f"num_workers={num_workers!r} must be an integer >= 0")
     if isinstance(dataset, DataLoader):
         raise TypeError("build_train_loader expects a Dataset, got a DataLoader")
+    dist = dist or DistInfo()
+    if isinstance(dataset, IterableDataset):
+        if batch_sampler is not None:
+            raise ValueError(f"streamed dataset {type(dataset).__name__} composes its own batches; no batch_sampler")
+        if not hasattr(dataset, "batches"):
+            raise TypeError(f"streamed dataset {type(dataset).__name__} has no batches(...) that splits it over "
+                            "ranks with equal step counts (see datasets.shards.ShardStream)")
+        if len(dataset) == 0:
+            raise ValueError(f"training dataset {type(dataset).__name__} is empty")
+        stream = dataset.batches(batch_size=batch_size, rank=dist.rank, world_size=dist.world_size, seed=seed,
+                                 drop_last=drop_last, collate_fn=collate_fn)
+        return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
     try:
         n = len(dataset)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(f"dataset {type(dataset).__name__} has no len(); a map-style Dataset is required") from None
     if n == 0:
         raise ValueError(f"training dataset {type(dataset).__name__} is empty")
-    dist = dist or DistInfo()
     if batch_sampler is None:
         sampler = DistributedSampler(
             dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed, drop_last=False
@@ -651,8 +668,9 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
 
 
 def _set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Tell the sampler (or the task's batch sampler) the epoch: data order is a function of it."""
-    for sampler in (loader.sampler, loader.batch_sampler):
+    """Tell the sampler (the task's batch sampler, a streamed dataset) the epoch: data order is a function of it."""
+    streamed = loader.dataset if isinstance(loader.dataset, IterableDataset) else None
+    for sampler in (loader.sampler, loader.batch_sampler, streamed):
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
 
@@ -746,7 +764,7 @@ def fit(
 
     Args:
         model: plain (not DDP-wrapped) model; moved to ``device``.
-        train_set: map-style training dataset.
+        train_set: map-style training dataset, or a streamed one (see :func:`build_train_loader`).
         cfg: optimisation and bookkeeping settings.
         batch_size: per-process batch size (None: ``cfg.batch_size``; unused with ``batch_sampler``).
         output_dir: receives ``config.yaml``, ``metrics.jsonl``, ``last.pt``, ``best.pt`` (and

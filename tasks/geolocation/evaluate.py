@@ -2,6 +2,8 @@
 
     python -m tasks.geolocation.evaluate --checkpoint runs/geolocation/best.pt --data-root IMGS --ann test.csv \
         --out-dir D
+    python -m tasks.geolocation.evaluate --checkpoint C --data-root 'test/{000000..000009}.tar' --out-dir D
+    python -m tasks.geolocation.evaluate --checkpoint C --data-root IMGS --exif-gps --out-dir D
 
 Every photo is placed at its best cell's mean location (the hierarchical product over the checkpoint's
 partitions, as in training) and scored by the great-circle error at 1 / 25 / 200 / 750 / 2500 km, median km and
@@ -22,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 from torch.utils.data import DataLoader
 
-from datasets.geotagged import GeotaggedImages
+from datasets.geotagged import GeotaggedImages, geotagged_dataset, read_locations
 from datasets.images import build_image_transform
 from eval.geolocation import format_geolocation_table, geolocation_metrics, plot_error_cdf
 from eval.plots import new_figure, save_png
@@ -39,8 +41,10 @@ __all__ = ["build_parser", "main", "plot_world"]
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tasks.geolocation.evaluate", description=__doc__.split("\n\n")[0])
     add_eval_flags(p, batch_size=64)
-    p.add_argument("--data-root", required=True, help="the test images")
-    p.add_argument("--ann", required=True, help="geotagged CSV of the test images (id, lat, lon)")
+    p.add_argument("--data-root", required=True, help="the test images: a folder, or tar shards "
+                   "('test/{000000..000009}.tar', each sample an image + .json with lat/lon)")
+    p.add_argument("--ann", help="geotagged CSV of the test images (id, lat, lon); not with shards or --exif-gps")
+    p.add_argument("--exif-gps", action="store_true", help="read each photo's location from its EXIF GPS tags")
     p.add_argument("--id-col", help="image id column (default: found by name)")
     p.add_argument("--lat-col", help="latitude column")
     p.add_argument("--lon-col", help="longitude column")
@@ -102,17 +106,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     decoder = CellDecoder.from_meta(meta)
     pre = meta["preprocess"]
     tf = build_image_transform(int(pre["resolution"]), mean=pre["mean"], std=pre["std"])
-    ds = GeotaggedImages(args.ann, args.data_root, tf, id_col=args.id_col, lat_col=args.lat_col,
-                         lon_col=args.lon_col, image_suffix=args.image_suffix, skip_bad_images=args.skip_bad_images)
-    if args.skip_bad_images:
+    locations = read_locations(args.data_root, args.ann, exif_gps=args.exif_gps, id_col=args.id_col,
+                               lat_col=args.lat_col, lon_col=args.lon_col, skip_bad_images=args.skip_bad_images,
+                               progress=True)
+    ds = geotagged_dataset(locations, args.data_root, tf, image_suffix=args.image_suffix,
+                           skip_bad_images=args.skip_bad_images)
+    if args.skip_bad_images and isinstance(ds, GeotaggedImages):  # shards were decoded once while indexing
         ds.scan_images(progress=True)
+    source = args.ann or args.data_root
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
     lat, lon = ds.lat, ds.lon
     ours, km, labels = evaluate_geolocation(model, loader, decoder, lat, lon, device, progress=True)
     base = geolocation_metrics(baseline_distances(decoder.partitions[-1], lat, lon))
-    print(f"{args.checkpoint} on {len(ds)} photos of {args.ann}; share located within")
+    print(f"{args.checkpoint} on {len(ds)} photos of {source}; share located within")
     print(format_geolocation_table({"checkpoint": ours, "most populous cell": base}))
-    summary: dict[str, Any] = {"checkpoint": str(args.checkpoint), "ann": str(args.ann), "metrics": ours,
+    summary: dict[str, Any] = {"checkpoint": str(args.checkpoint), "ann": str(source), "metrics": ours,
                                "baseline": base, "bad_images_skipped": int(ds.stats.get("bad_images_skipped", 0))}
     if args.out_dir:
         out = Path(args.out_dir)

@@ -5,6 +5,8 @@ are none.
     python -m tasks.geolocation.partition --ann train.csv --t-min 50 --t-max 5000 --out cells.csv
     python -m tasks.geolocation.partition --ann train.csv --t-max 5000 2000 1000 --out cells.csv
         # -> cells_tmax5000.csv, cells_tmax2000.csv, cells_tmax1000.csv (hierarchical prediction)
+    python -m tasks.geolocation.partition --data-root 'shards/{000000..000999}.tar' --out cells.csv  # JSON only
+    python -m tasks.geolocation.partition --data-root IMGS --exif-gps --out cells.csv
 
 The procedure (as published by PlaNet and, with these parameter names, by GeoEstimation, Mueller-Budack et
 al. 2018): every photo starts in its S2 cell at ``min_level``; cells with at most ``t_min`` photos are
@@ -41,7 +43,7 @@ from typing import Sequence
 
 import numpy as np
 
-from datasets.geotagged import read_geotagged_csv
+from datasets.geotagged import read_locations
 from datasets.io import atomic_write_text
 from tasks.cli import run_cli
 from tasks.geolocation import s2
@@ -412,8 +414,13 @@ def partition_paths(out: str | os.PathLike, t_max: Sequence[int]) -> list[Path]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tasks.geolocation.partition",
-        description="Build PlaNet's adaptive S2 partition (cells.csv) from a geotagged CSV.")
-    p.add_argument("--ann", required=True, help="geotagged CSV of the training photos (id, lat, lon)")
+        description="Build PlaNet's adaptive S2 partition (cells.csv) from a geotagged CSV, tar shards or EXIF.")
+    p.add_argument("--ann", help="geotagged CSV of the training photos (id, lat, lon)")
+    p.add_argument("--data-root", help="instead of --ann: tar shards ('shards/{000000..000999}.tar'; their .json "
+                   "only is read), or with --exif-gps an image folder")
+    p.add_argument("--exif-gps", action="store_true", help="read the photos' locations from their EXIF GPS tags")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="skip and count photos without a location (EXIF) or samples without an image (shards)")
     p.add_argument("--out", required=True,
                    help="cells CSV to write; with several --t-max values, <stem>_tmax<T>.csv beside it")
     p.add_argument("--t-min", type=int, default=DEFAULT_T_MIN,
@@ -435,7 +442,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """The command: read ``--ann``, build one partition per ``--t-max``, write them, print a summary."""
     args = _parser().parse_args(argv)
-    table = read_geotagged_csv(args.ann, id_col=args.id_col, lat_col=args.lat_col, lon_col=args.lon_col)
+    if (args.ann is None) == (args.data_root is None):
+        raise ValueError("give --ann train.csv, or --data-root naming tar shards (or an image folder with --exif-gps)")
+    if args.ann is not None and args.exif_gps:
+        raise ValueError("--exif-gps reads an image folder: give it as --data-root, not --ann")
+    table = read_locations(args.data_root or ".", args.ann, exif_gps=args.exif_gps, id_col=args.id_col,
+                           lat_col=args.lat_col, lon_col=args.lon_col, skip_bad_images=args.skip_bad_images,
+                           progress=True)
+    source = args.ann or args.data_root
     start = time.perf_counter()
     parts = build_partitions(table.lat, table.lon, t_min=args.t_min, t_max=args.t_max,
                              min_level=args.min_level, max_level=args.max_level)
@@ -443,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = partition_paths(args.out, args.t_max)
     for part, path in zip(parts, paths):
         write_cells_csv(path, part)
-    print(f"{len(table)} photos from {args.ann}; t_min={args.t_min}, levels {args.min_level}-{args.max_level}; "
+    print(f"{len(table)} photos from {source}; t_min={args.t_min}, levels {args.min_level}-{args.max_level}; "
           f"{seconds:.2f} s ({len(table) * len(parts) / max(seconds, 1e-9):,.0f} photos/s)")
     print(f"{'t_max':>8} {'cells':>7} {'levels':>7} {'photos/cell (min-median-max)':>30} {'outside':>16}  file")
     for part, path in zip(parts, paths):

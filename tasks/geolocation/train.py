@@ -3,14 +3,22 @@
     python -m tasks.geolocation.train                  # built-in synthetic geotagged photos, a few CPU minutes
     python -m tasks.geolocation.train --data-root IMGS --ann train.csv --val-ann val.csv [--cells cells.csv ...]
         [--haversine-smoothing 75] [common flags]
+    python -m tasks.geolocation.train --data-root 'shards/{000000..000999}.tar' --val-data-root 'val/{0..9}.tar'
+    python -m tasks.geolocation.train --data-root IMGS --exif-gps
 
 Section 4.4 retrains PlaNet, a classifier over adaptive S2 cells (``tasks.geolocation.partition``), on the
 MobileNet architecture and scores the share of photos located within 1 / 25 / 200 / 750 / 2500 km. Here: a
 MobileNet with one softmax head per partition (``--cells`` given several times, or ``--t-max`` with several
 values: the prediction is then the product of the partitions' probabilities, ``tasks.geolocation.model``),
 cross-entropy, optionally with PIGEON's haversine label smoothing (``--haversine-smoothing TAU_KM``).
-Without ``--cells`` the partition is built from ``--ann`` (``--t-min``, ``--t-max``) and saved as
-``cells.csv`` in the output folder. Photos outside every cell are left out of training and counted.
+Without ``--cells`` the partition is built from the training locations (``--t-min``, ``--t-max``) and saved
+as ``cells.csv`` in the output folder. Photos outside every cell are left out of training and counted.
+
+Locations come from the CSV (``--ann``), from the photos' EXIF GPS tags (``--exif-gps``), or, for millions of
+photos, from webdataset tar shards (``--data-root`` naming ``.tar`` files: each sample an image plus a
+``.json`` with lat/lon). Shards are indexed once (headers and JSON only: the partition needs no image) and
+streamed for training, split over DDP ranks and data-loader workers so that each photo is read once per
+epoch with the same number of steps on every rank (``datasets.shards``); validation reads its shards by offset.
 
 best.pt is chosen by GeoScore on the validation split (``--val-ann``, images under ``--val-data-root``,
 default ``--data-root``; else a held-out tenth of ``--ann``, kept out of the partition too); the final
@@ -29,8 +37,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datasets.geotagged import GeoTable, GeotaggedImages, read_geotagged_csv
+from datasets.geotagged import GeoTable, GeotaggedImages, GeotaggedShards, geotagged_dataset, read_locations
 from datasets.images import build_image_transform, split_holdout
+from datasets.shards import ShardStream, is_shard_spec
 from eval.geolocation import format_geolocation_table, geolocation_metrics, haversine_km, plot_error_cdf
 from tasks.checkpoint import checkpoint_meta
 from tasks.classifier import ClassifierModelConfig, ImageDataConfig, predict_outputs
@@ -74,6 +83,8 @@ class GeolocationData(ImageDataConfig):
     lat_col: str | None = None
     lon_col: str | None = None
     image_suffix: str = ""
+    exif_gps: bool = False  # locations from the photos' EXIF GPS tags instead of data.ann / data.val_ann
+    shuffle_buffer: int = 1000  # tar shards: samples each data-loader worker mixes
     eval_batch_size: int = 64
     synthetic: dict[str, Any] | None = None  # the embedded default's generator parameters (used without data.root)
 
@@ -83,6 +94,8 @@ class GeolocationData(ImageDataConfig):
             raise ValueError("data.t_max=[]: give at least one value")
         if self.eval_batch_size < 1:
             raise ValueError(f"data.eval_batch_size={self.eval_batch_size!r}: must be >= 1")
+        if self.shuffle_buffer < 0:
+            raise ValueError(f"data.shuffle_buffer={self.shuffle_buffer!r}: must be >= 0")
 
 
 @dataclass
@@ -106,26 +119,43 @@ class GeolocationConfig:
 
     def validate(self) -> None:
         d = self.data
-        own_data = d.root is not None or d.ann is not None or d.synthetic is None
-        if own_data and (not d.root or not d.ann):  # the built-in photos are used only when neither is given
-            raise ValueError("data.root and data.ann are required together (--data-root IMGS --ann train.csv)")
-        if d.val_root and not d.val_ann:
-            raise ValueError("data.val_root needs data.val_ann (--val-ann val.csv)")
+        own_data = d.root is not None or d.ann is not None or d.exif_gps or d.synthetic is None
+        if not own_data:  # the built-in photos are used only when no data is named
+            return
+        shards = is_shard_spec(d.root)
+        if not d.root or not (d.ann or shards or d.exif_gps):
+            raise ValueError("data.root and data.ann are required together (--data-root IMGS --ann train.csv), "
+                             "or data.root with data.exif_gps (--exif-gps), or data.root naming tar shards "
+                             "(--data-root 'shards/{000000..000999}.tar')")
+        if shards and (d.ann or d.exif_gps):
+            raise ValueError(f"data.root {d.root!r} names tar shards, which carry each photo's location in its .json: "
+                             "drop " + ("--ann" if d.ann else "--exif-gps"))
+        if d.exif_gps and d.ann:
+            raise ValueError("data.exif_gps reads the locations from the photos' EXIF: drop --ann (or --exif-gps)")
+        if d.val_root and not (d.val_ann or is_shard_spec(d.val_root) or d.exif_gps):
+            raise ValueError("data.val_root needs data.val_ann (--val-ann val.csv), unless it names tar shards or "
+                             "data.exif_gps is set")
+        if d.val_ann and not d.val_root and shards:
+            raise ValueError("data.val_ann lists images: give their folder as data.val_root (--val-data-root), "
+                             "data.root names tar shards")
 
 
 @dataclass
 class Prepared:
-    train: Dataset
-    val: GeotaggedImages
+    train: Dataset  # CellLabeled, or a ShardStream over one
+    val: GeotaggedImages | GeotaggedShards
     partitions: list[Partition]
     outside: int  # training photos outside every cell (left out)
     listed: int  # training photos listed
 
 
 class CellLabeled(Dataset):
-    """A geotagged dataset whose samples also carry ``"cells"``: int64 [P], the photo's class per partition."""
+    """A geotagged dataset whose samples also carry ``"cells"``: int64 [P], the photo's class per partition.
 
-    def __init__(self, base: GeotaggedImages, partitions: Sequence[Partition]) -> None:
+    Over shards it also passes on what ``datasets.shards.ShardStream`` reads through (``shard_of``, ``raw``,
+    ``from_raw``), so the stream reads the shards' bytes in file order and the labels are added here."""
+
+    def __init__(self, base: GeotaggedImages | GeotaggedShards, partitions: Sequence[Partition]) -> None:
         self.base = base
         self.stats = base.stats
         self.labels = np.stack([p.assign(base.lat, base.lon) for p in partitions], axis=1)
@@ -133,16 +163,29 @@ class CellLabeled(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.base[index]
+    def _label(self, sample: dict[str, Any]) -> dict[str, Any]:
         sample["cells"] = torch.from_numpy(self.labels[sample["index"]])
         return sample
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._label(self.base[index])
+
+    @property
+    def shard_of(self) -> np.ndarray:
+        return self.base.shard_of
+
+    def raw(self, index: int) -> bytes:
+        return self.base.raw(index)
+
+    def from_raw(self, index: int, data: bytes) -> dict[str, Any]:
+        return self._label(self.base.from_raw(index, data))
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = train_parser("python -m tasks.geolocation.train", __doc__.split("\n\n")[0],
                      default_config=str(DEFAULT_CONFIG.relative_to(CONFIG_DIR.parents[1])) + " without --data-root")
-    g = p.add_argument_group("geolocation (--ann / --val-ann: geotagged CSVs with image id, latitude, longitude)")
+    g = p.add_argument_group("geolocation (--ann / --val-ann: geotagged CSVs with image id, latitude, longitude; "
+                             "or --exif-gps; or --data-root / --val-data-root naming tar shards)")
     g.add_argument("--cells", action="append", help="a cells.csv (python -m tasks.geolocation.partition); repeat for "
                    "hierarchical prediction [data.cells]")
     g.add_argument("--t-min", type=int, help=f"without --cells: drop cells with at most this many photos "
@@ -155,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lat-col", help="latitude column [data.lat_col]")
     g.add_argument("--lon-col", help="longitude column [data.lon_col]")
     g.add_argument("--image-suffix", help="appended to each id to make the file name, e.g. .jpg [data.image_suffix]")
+    g.add_argument("--exif-gps", action="store_true", default=None,
+                   help="read each photo's location from its EXIF GPS tags instead of --ann [data.exif_gps]")
+    g.add_argument("--shuffle-buffer", type=int, help="tar shards: samples each data-loader worker mixes "
+                   "(default 1000) [data.shuffle_buffer]")
     g.add_argument("--augment", action="store_true", default=None, help="random resized crop + flip [data.augment]")
     g.add_argument("--skip-bad-images", action="store_true", default=None,
                    help="skip and count missing/corrupt images [data.skip_bad_images]")
@@ -164,13 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
 _TASK_FLAGS = {"cells": "data.cells", "t_min": "data.t_min", "t_max": "data.t_max",
                "haversine_smoothing": "loss.haversine_smoothing", "id_col": "data.id_col", "lat_col": "data.lat_col",
                "lon_col": "data.lon_col", "image_suffix": "data.image_suffix", "augment": "data.augment",
-               "skip_bad_images": "data.skip_bad_images"}
+               "skip_bad_images": "data.skip_bad_images", "exif_gps": "data.exif_gps",
+               "shuffle_buffer": "data.shuffle_buffer"}
 
 
 def resolve_config(args: argparse.Namespace) -> GeolocationConfig:
     """The YAML (``--config``; without it and without data, the embedded synthetic default), then the flags."""
     overrides = flag_overrides(args, _TASK_FLAGS)
-    own_data = args.data_root is not None or args.ann is not None
+    own_data = args.data_root is not None or args.ann is not None or bool(args.exif_gps)
     return load_config(GeolocationConfig, args.config, overrides=overrides,
                        default=None if own_data else DEFAULT_CONFIG)
 
@@ -179,17 +227,20 @@ def resolve_config(args: argparse.Namespace) -> GeolocationConfig:
 # data
 
 
-def _table(cfg: GeolocationConfig, path: str) -> GeoTable:
+def _locations(cfg: GeolocationConfig, root: str, ann: str | None, dist: DistInfo) -> GeoTable | GeotaggedShards:
     d = cfg.data
-    return read_geotagged_csv(path, id_col=d.id_col, lat_col=d.lat_col, lon_col=d.lon_col)
+    return read_locations(root, ann, exif_gps=d.exif_gps and ann is None and not is_shard_spec(root),
+                          id_col=d.id_col, lat_col=d.lat_col, lon_col=d.lon_col, skip_bad_images=d.skip_bad_images,
+                          progress=dist.is_main)
 
 
-def _partitions(cfg: GeolocationConfig, train: GeoTable, out: Path, dist: DistInfo) -> list[Partition]:
+def _partitions(cfg: GeolocationConfig, lat: np.ndarray, lon: np.ndarray, out: Path,
+                dist: DistInfo) -> list[Partition]:
     d = cfg.data
     if d.cells:
         parts = [read_cells_csv(c) for c in d.cells]
     else:
-        parts = build_partitions(train.lat, train.lon, t_min=d.t_min, t_max=d.t_max, min_level=d.min_level,
+        parts = build_partitions(lat, lon, t_min=d.t_min, t_max=d.t_max, min_level=d.min_level,
                                  max_level=d.max_level)
         paths = partition_paths(out / "cells.csv", d.t_max)
         if dist.is_main:  # the other ranks prepare after rank 0 and read its files
@@ -213,24 +264,29 @@ def _prepare(cfg: GeolocationConfig, dist: DistInfo, out: Path) -> Prepared:
     res = cfg.model.resolution
     train_tf = build_image_transform(res, mean=d.mean, std=d.std, augment=d.augment)
     eval_tf = build_image_transform(res, mean=d.mean, std=d.std)
-    table = _table(cfg, d.ann)
-    if d.val_ann:
-        val_table = _table(cfg, d.val_ann)
+    table = _locations(cfg, d.root, d.ann, dist)
+    val_root = d.val_root or d.root
+    if d.val_ann or d.val_root:
+        val_table = _locations(cfg, val_root, d.val_ann, dist)
     else:
         tr, va = split_holdout(len(table), d.val_fraction, cfg.train.seed)
-        table, val_table = table.select(tr), table.select(va)
-    parts = _partitions(cfg, table, out, dist)
+        table, val_table = table.select(tr), table.select(va, keep_counts=False)
+    parts = _partitions(cfg, table.lat, table.lon, out, dist)
     inside = np.all(np.stack([p.assign(table.lat, table.lon) for p in parts]) >= 0, axis=0)
     if not inside.any():
-        raise ValueError(f"none of the {len(table)} photos of {d.ann} lies in a cell of {', '.join(d.cells)}: "
-                         "the cells and the photos do not match")
+        raise ValueError(f"none of the {len(table)} photos of {d.ann or d.root} lies in a cell of "
+                         f"{', '.join(d.cells)}: the cells and the photos do not match")
     kw = {"image_suffix": d.image_suffix, "skip_bad_images": d.skip_bad_images}
-    train = GeotaggedImages(table.select(np.flatnonzero(inside)), d.root, train_tf, **kw)
-    val = GeotaggedImages(val_table, d.val_root or d.root, eval_tf, **kw)
-    if d.skip_bad_images:
+    train = geotagged_dataset(table.select(np.flatnonzero(inside)), d.root, train_tf, **kw)
+    val = geotagged_dataset(val_table, val_root, eval_tf, **kw)
+    if d.skip_bad_images:  # shards were decoded once while indexing
         for ds in (train, val):
-            ds.scan_images(progress=dist.is_main)
-    return Prepared(CellLabeled(train, parts), val, parts, int((~inside).sum()), len(table))
+            if isinstance(ds, GeotaggedImages):
+                ds.scan_images(progress=dist.is_main)
+    labeled: Dataset = CellLabeled(train, parts)
+    if isinstance(train, GeotaggedShards):
+        labeled = ShardStream(labeled, shuffle_buffer=d.shuffle_buffer, seed=cfg.train.seed)
+    return Prepared(labeled, val, parts, int((~inside).sum()), len(table))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -299,7 +355,8 @@ def _build(cfg: GeolocationConfig, data: Prepared, dist: DistInfo) -> TrainJob:
         d_base = baseline_distances(parts[-1], val_lat, val_lon)
         base = geolocation_metrics(d_base)
         table = format_geolocation_table({"best.pt": ours, "most populous cell": base})
-        text = (f"validation: {len(val)} photos ({cfg.data.val_ann or 'held out of ' + str(cfg.data.ann)}); "
+        source = cfg.data.val_ann or cfg.data.val_root or f"held out of {cfg.data.ann or cfg.data.root}"
+        text = (f"validation: {len(val)} photos ({source}); "
                 f"share located within\n{table}\ncell accuracy {100 * ours['cell_accuracy']:.1f}% over "
                 f"{num_cells[-1]} cells")
         plot = plot_error_cdf({"best.pt": d, "most populous cell (baseline)": d_base}, out / "error_cdf.png",
@@ -312,10 +369,18 @@ def _build(cfg: GeolocationConfig, data: Prepared, dist: DistInfo) -> TrainJob:
     share = data.outside / max(data.listed, 1)
     lines = [f"partition: {' / '.join(str(k) for k in num_cells)} cells ({', '.join(cfg.data.cells)}); "
              f"{data.outside} of {data.listed} training photos ({share:.1%}) lie outside every cell and are left out",
-             f"train {len(data.train)} photos, val {len(val)} photos; {m.backbone} alpha {m.alpha} @ {m.resolution}"
+             f"train {len(data.train)} photos{_streamed(data.train)}, val {len(val)} photos; {m.backbone} alpha "
+             f"{m.alpha} @ {m.resolution}"
              + (f"; haversine smoothing tau {cfg.loss.haversine_smoothing:g} km" if cfg.loss.haversine_smoothing else "")]
     return TrainJob(model=model, train_set=data.train, loss_fn=loss, meta=meta, evaluate_fn=evaluate_fn,
                     metric="geoscore", metric_mode="max", report=report, val_set=val, lines=lines)
+
+
+def _streamed(train: Dataset) -> str:
+    if not isinstance(train, ShardStream):
+        return ""
+    shards = np.unique(train.source.shard_of).size
+    return f" (streamed from {shards} tar shards, shuffle buffer {train.shuffle_buffer})"
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
