@@ -54,6 +54,8 @@ class NoisyWebConfig:
         ann: a ``path,label`` CSV whose paths are relative to ``root`` (``--noisy-ann``).
         epochs: stage-1 epochs (``--noisy-epochs``); stage 2 runs ``train.epochs`` on the clean train list.
         lr: stage-1 peak learning rate; None: ``train.lr``.
+        finetune_lr: stage-2 peak learning rate (fine-tuning from stage 1); None: ``train.lr``. The
+            clean-only twin keeps ``train.lr``, the rate for training from the configured start.
         loss: one of :data:`NOISY_LOSSES` (``--noisy-loss``).
         gce_q: the exponent of ``gce``.
         bootstrap_beta: the label's weight in ``bootstrap``.
@@ -67,6 +69,7 @@ class NoisyWebConfig:
     ann: str | None = None
     epochs: int = 10
     lr: float | None = None
+    finetune_lr: float | None = None
     loss: str = "gce"
     gce_q: float = 0.7
     bootstrap_beta: float = 0.8
@@ -79,8 +82,10 @@ class NoisyWebConfig:
             raise ValueError(f"noisy.loss={self.loss!r}: must be one of {list(NOISY_LOSSES)}")
         if self.epochs < 0:
             raise ValueError(f"noisy.epochs={self.epochs!r}: must be >= 0")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"noisy.lr={self.lr!r}: must be > 0")
+        for name in ("lr", "finetune_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"noisy.{name}={value!r}: must be > 0")
         if not 0 < self.gce_q <= 1:
             raise ValueError(f"noisy.gce_q={self.gce_q!r}: must be in (0, 1]")
         if not 0 < self.bootstrap_beta <= 1:

@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--noisy-ann", help="a 'path,label' CSV relative to --noisy-data-root [noisy.ann]")
     w.add_argument("--noisy-epochs", type=int, help="stage-1 epochs on the web set [noisy.epochs]")
     w.add_argument("--noisy-lr", type=float, help="stage-1 peak learning rate (default: --lr) [noisy.lr]")
+    w.add_argument("--finetune-lr", type=float, help="stage-2 peak learning rate (default: --lr) "
+                                                     "[noisy.finetune_lr]")
     w.add_argument("--noisy-loss", choices=list(NOISY_LOSSES), help="stage-1 loss for wrong labels [noisy.loss]")
     w.add_argument("--dedupe-distance", type=int, help="near-copy threshold, bits of 256 of the perceptual hash; "
                                                        "-1: exact copies only [noisy.dedupe_distance]")
@@ -178,6 +180,7 @@ _TASK_FLAGS = {"crop": "data.crop", "val_fraction": "data.val_fraction", "test_d
                "test_ann": "data.test_ann", "label_smoothing": "loss.label_smoothing", "augment": "data.augment",
                "skip_bad_images": "data.skip_bad_images", "noisy_data_root": "noisy.root",
                "noisy_ann": "noisy.ann", "noisy_epochs": "noisy.epochs", "noisy_lr": "noisy.lr",
+               "finetune_lr": "noisy.finetune_lr",
                "noisy_loss": "noisy.loss", "dedupe_distance": "noisy.dedupe_distance",
                "compare_clean_only": "noisy.compare_clean_only"}
 
@@ -328,7 +331,9 @@ def _stage_configs(cfg: FineGrainedConfig) -> dict[str, FineGrainedConfig]:
     web = copy.deepcopy(cfg)
     web.train.epochs = cfg.noisy.epochs
     web.train.lr = cfg.noisy.lr or cfg.train.lr
-    return {"web_pretrain": web, "finetune": cfg, "clean_only": cfg}
+    tune = copy.deepcopy(cfg)
+    tune.train.lr = cfg.noisy.finetune_lr or cfg.train.lr
+    return {"web_pretrain": web, "finetune": tune, "clean_only": cfg}
 
 
 def _stage_resume(stage_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:
