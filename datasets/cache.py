@@ -109,6 +109,8 @@ def build_once(root: str | os.PathLike, marker: Mapping[str, Any], writer: Write
         ``root`` as a ``Path``.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():  # a user's file is never replaced by a dataset
+        raise NotADirectoryError(f"{root} is a file, not a dataset folder; choose another folder")
     if not force and is_complete(root, marker):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)

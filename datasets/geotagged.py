@@ -287,6 +287,7 @@ class GeotaggedImages(torch.utils.data.Dataset):
         except FileNotFoundError:
             raise self._missing_error(names, image_suffix) from None
         self.stats = self.images.stats
+        self.skipped = self.images.skipped
 
     def _missing_error(self, names: list[str], image_suffix: str) -> FileNotFoundError:
         missing = [k for k, n in enumerate(names) if not os.path.isfile(os.path.join(self.root, n))]

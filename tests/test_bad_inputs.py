@@ -1,55 +1,53 @@
 """Bad inputs across the commands: each ends in one ``error: ...`` line naming what is wrong, exit status 2.
 
-A table: (command, how to break its input, the fragment the message must contain). Every row runs the
-command's ``main`` through the one ending (``run_cli``) the ``python -m`` entry points use.
+The table :data:`CASES` holds (id, command, argv, the fragment the message must contain); argv and fragment
+are ``str.format`` templates over the files that :func:`build_world` writes once per module (tiny images,
+annotation files of every format the suite reads, and tiny checkpoints of every task written through the
+real ``checkpoint_meta`` / ``save_checkpoint`` path, never by training). Every row runs the command's
+``main`` in this process through the one ending the ``python -m`` entry points use (``run_cli``), which
+costs no interpreter start and no second torch import; a few rows at the end run real subprocesses to hold
+the exit status and the traceback rule end to end.
 """
 from __future__ import annotations
 
 import importlib
 import json
+import os
+import re
+import shlex
+import shutil
 import struct
+import subprocess
 import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
+from datasets.faces import write_pairs
+from datasets.stanford_dogs import ClassList, read_stanford_dogs
+from datasets.synthetic_dogs import write_mat_list, write_stanford_dogs_layout
 from datasets.synthetic_shapes import write_shapes_dataset
-from tasks.checkpoint import checkpoint_meta, save_checkpoint
+from tasks.checkpoint import CHECKPOINT_FORMAT, checkpoint_meta, save_checkpoint
+from tasks.classifier import build_classifier, classifier_spec
 from tasks.cli import run_cli
 from tasks.detection.build import build_detector
 from tasks.faces.model import FaceEmbedder, FaceModelConfig
+from tasks.geolocation.model import partition_meta
+from tasks.geolocation.partition import build_partitions, write_cells_csv
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
+RES = 32  # every tiny classifier's input side
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bad")
-    shapes_root, shapes_ann = write_shapes_dataset(root / "shapes", num_images=4, image_size=64, seed=0,
-                                                   split_name="train", max_objects=1)
-    det = build_detector("ssd300", 6, alpha=0.25, size=64)
-    meta = checkpoint_meta("detection", "detector", det.build_args, resolution=64, labels=[f"c{i}" for i in range(6)],
-                           label_to_cat_id={str(i): i for i in range(1, 6)})
-    save_checkpoint(root / "det.pt", {"model": det.state_dict(), "meta": meta})
-    face_cfg = FaceModelConfig(alpha=0.25, resolution=48, embedding_dim=8)
-    save_checkpoint(root / "face.pt", {"model": FaceEmbedder(face_cfg).state_dict(),
-                                       "meta": checkpoint_meta("faces", "face_embedder", face_cfg.to_dict(),
-                                                               resolution=48)})
-    (root / "some.json").write_text("{}")
-    (root / "broken.jpg").write_bytes(b"this is not a jpeg")
-    (root / "empty.jpg").write_bytes(b"")
-    (root / "not_json.json").write_text("{ this is not json")
-    (root / "unknown_key.yaml").write_text(yaml.safe_dump({"train": {"lr_rate": 0.1}}))
-    (root / "wrong_type.yaml").write_text(yaml.safe_dump({"train": {"epochs": "ten"}}))
-    (root / "a_file").write_text("x")
-    (root / "pairs.txt").write_text("2 300\nAaron 1 2\nBob\n")
-    (root / "bomb.png").write_bytes(_png_header_only(30000, 30000))  # 900 M pixels claimed by a tiny file
-    (root / "a_folder.jpg").mkdir()
-    ann = json.loads(Path(shapes_ann).read_text())
-    ann["annotations"][0]["category_id"] = 999
-    (root / "unknown_cat.json").write_text(json.dumps(ann))
-    return {"root": root, "images": shapes_root, "ann": shapes_ann}
+# --------------------------------------------------------------------------------------------------
+# the files
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -61,111 +59,603 @@ def _png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
-def _cases():
-    # (id, command, argv(files) -> list, fragment(files) -> str)
-    return [
-        ("predict-not-an-image", "tasks.detection.predict",
-         lambda f: ["--checkpoint", str(f["root"] / "det.pt"), str(f["root"] / "broken.jpg")], lambda f: "broken.jpg"),
-        ("predict-zero-bytes", "tasks.detection.predict",
-         lambda f: ["--checkpoint", str(f["root"] / "det.pt"), str(f["root"] / "empty.jpg")], lambda f: "empty.jpg"),
-        ("predict-missing-image", "tasks.detection.predict",
-         lambda f: ["--checkpoint", str(f["root"] / "det.pt"), str(f["root"] / "nope.jpg")], lambda f: "nope.jpg"),
-        ("predict-decompression-bomb", "tasks.detection.predict",
-         lambda f: ["--checkpoint", str(f["root"] / "det.pt"), str(f["root"] / "bomb.png")],
-         lambda f: "bomb.png: DecompressionBombError"),
-        ("predict-folder-given-as-image", "tasks.detection.predict",
-         lambda f: ["--checkpoint", str(f["root"] / "det.pt"), str(f["root"] / "a_folder.jpg")],
-         lambda f: "a_folder.jpg"),
-        ("predict-folder-given-as-checkpoint", "tasks.detection.predict",
-         lambda f: ["--checkpoint", str(f["root"]), str(f["root"] / "broken.jpg")], lambda f: "is a folder"),
-        ("evaluate-not-a-checkpoint", "tasks.detection.evaluate",
-         lambda f: ["--checkpoint", str(f["root"] / "some.json")], lambda f: "some.json is not a checkpoint"),
-        ("evaluate-checkpoint-of-another-task", "tasks.detection.evaluate",
-         lambda f: ["--checkpoint", str(f["root"] / "face.pt"), "--data-root", f["images"], "--ann", f["ann"]],
-         lambda f: "is a faces checkpoint; this command reads detection"),
-        ("evaluate-missing-checkpoint", "tasks.detection.evaluate",
-         lambda f: ["--checkpoint", str(f["root"] / "gone.pt")], lambda f: "gone.pt"),
-        ("faces-evaluate-malformed-pairs", "tasks.faces.evaluate",
-         lambda f: ["--pairs", str(f["root"] / "pairs.txt"), "--data-root", str(f["root"]), "--checkpoint",
-                    str(f["root"] / "face.pt")], lambda f: "pairs.txt"),
-        ("faces-evaluate-detector-checkpoint", "tasks.faces.evaluate",
-         lambda f: ["--pairs", str(f["root"] / "pairs.txt"), "--data-root", str(f["root"]), "--checkpoint",
-                    str(f["root"] / "det.pt")], lambda f: "pairs.txt"),
-        ("train-missing-config", "tasks.detection.train",
-         lambda f: ["--config", str(f["root"] / "missing.yaml")], lambda f: "config file not found"),
-        ("train-unknown-config-key", "tasks.detection.train",
-         lambda f: ["--config", str(f["root"] / "unknown_key.yaml")], lambda f: "did you mean 'lr'?"),
-        ("train-config-value-of-wrong-type", "tasks.detection.train",
-         lambda f: ["--config", str(f["root"] / "wrong_type.yaml")], lambda f: "train.epochs='ten': expected an integer"),
-        ("train-epochs-zero", "tasks.detection.train", lambda f: ["--epochs", "0"], lambda f: "epochs=0"),
-        ("train-annotations-not-json", "tasks.detection.train",
-         lambda f: ["--data-root", f["images"], "--ann", str(f["root"] / "not_json.json"), "--epochs", "1"],
-         lambda f: "not_json.json"),
-        ("train-box-of-unknown-category", "tasks.detection.train",
-         lambda f: ["--data-root", f["images"], "--ann", str(f["root"] / "unknown_cat.json"), "--epochs", "1"],
-         lambda f: "999"),
-        ("train-output-dir-is-a-file", "tasks.detection.train",
-         lambda f: ["--data-root", f["images"], "--ann", f["ann"], "--epochs", "1", "--resolution", "64",
-                    "--output-dir", str(f["root"] / "a_file")], lambda f: "is a file, not a folder"),
-        ("train-annotation-file-is-a-folder", "tasks.detection.train",
-         lambda f: ["--data-root", f["images"], "--ann", str(f["root"] / "a_folder.jpg"), "--epochs", "1"],
-         lambda f: "a_folder.jpg"),
-        ("train-data-root-without-ann", "tasks.detection.train",
-         lambda f: ["--data-root", f["images"]], lambda f: "--data-root and --ann go together"),
-        ("faces-train-annotation-flag", "tasks.faces.train",
-         lambda f: ["--ann", "labels.csv"], lambda f: "takes no annotation file"),
-        ("attributes-missing-labels", "tasks.attributes.train",
-         lambda f: ["--data-root", str(f["root"])], lambda f: "--ann"),
-        ("attributes-missing-label-file", "tasks.attributes.train",
-         lambda f: ["--data-root", str(f["root"]), "--ann", str(f["root"] / "labels.csv")], lambda f: "labels.csv"),
-        ("distill-missing-teacher-file", "distill.train",
-         lambda f: ["--teacher", f"torchscript:{f['root'] / 'teacher.pt'}", "--data-root", f["images"]],
-         lambda f: "teacher.pt"),
-        ("distill-cache-with-augment", "distill.train",
-         lambda f: ["--teacher", "torchscript:t.pt", "--data-root", f["images"], "--cache-teacher", "--augment"],
-         lambda f: "--augment"),
-        ("coco-eval-missing-ground-truth", "eval.coco",
-         lambda f: ["--gt", str(f["root"] / "gt.json"), "--dt", str(f["root"] / "some.json")], lambda f: "gt.json"),
-        ("export-weights-not-a-checkpoint", "backbone.export",
-         lambda f: ["--alpha", "0.25", "--resolution", "64", "--out", str(f["root"] / "m.onnx"), "--weights",
-                    str(f["root"] / "some.json")], lambda f: "some.json"),
-    ]
+def _noise(size: tuple[int, int], seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
-CASES = _cases()
+def _write_images(d: Path) -> None:
+    d.mkdir(parents=True)
+    _noise((RES, RES), 0).save(d / "good.png")
+    (d / "not_image.jpg").write_text("this is not a jpeg")
+    (d / "zero.jpg").write_bytes(b"")
+    buf = d / "whole.jpg"
+    _noise((64, 64), 1).save(buf, quality=90)
+    data = buf.read_bytes()
+    buf.unlink()
+    (d / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (d / "bomb.png").write_bytes(_png_header_only(30000, 30000))  # 900 M pixels claimed by a tiny file
+    grey16 = (np.linspace(0, 65535, RES * RES).reshape(RES, RES)).astype(np.uint16)
+    Image.fromarray(grey16).save(d / "grey16.png")
+    Image.new("CMYK", (RES, RES), (10, 200, 30, 0)).save(d / "cmyk.jpg")
+    (d / "a_folder.jpg").mkdir()
 
 
-@pytest.mark.parametrize("command,argv,fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_error_line_and_exit_2(command, argv, fragment, files, monkeypatch, capsys):
+def _write_checkpoints(r: Path, w: dict[str, str]) -> None:
+    torch.manual_seed(0)
+    cats = sorted(c["id"] for c in json.loads(Path(w["coco"]).read_text())["categories"])
+    det = build_detector("ssd300", len(cats) + 1, alpha=0.25, size=64)
+    det_meta = checkpoint_meta("detection", "detector", det.build_args, resolution=64,
+                               labels=["background"] + [f"c{c}" for c in cats],
+                               label_to_cat_id={str(i + 1): c for i, c in enumerate(cats)})
+    save_checkpoint(r / "det.pt", {"model": det.state_dict(), "meta": det_meta})
+    face_cfg = FaceModelConfig(alpha=0.25, resolution=RES, embedding_dim=8)
+    save_checkpoint(r / "face.pt", {"model": FaceEmbedder(face_cfg).state_dict(),
+                                    "meta": checkpoint_meta("faces", "face_embedder", face_cfg.to_dict(),
+                                                            resolution=RES)})
+    dogs = read_stanford_dogs(w["dogs"])
+    n = len(dogs.classes)
+    spec = classifier_spec(num_outputs=n, alpha=0.25)
+    fg_meta = checkpoint_meta("finegrained", "classifier", spec, resolution=RES, labels=dogs.classes.names,
+                              output="classes", classes=dogs.classes.as_dict(), crop="none",
+                              holdout={"val_fraction": 0.1, "seed": 0})
+    save_checkpoint(r / "fg.pt", {"model": build_classifier(**spec).state_dict(), "meta": fg_meta})
+    attr_spec = classifier_spec(num_outputs=2, alpha=0.25)
+    save_checkpoint(r / "attr.pt", {"model": build_classifier(**attr_spec).state_dict(),
+                                    "meta": checkpoint_meta("attributes", "classifier", attr_spec, resolution=RES,
+                                                            labels=["smiling", "glasses"], output="attributes")})
+    part = build_partitions(*_geo_points(), t_min=0, t_max=(3,), min_level=1, max_level=8)[0]
+    geo_spec = classifier_spec(num_outputs=len(part), alpha=0.25)
+    geo_meta = checkpoint_meta("geolocation", "classifier", geo_spec, resolution=RES, labels=part.tokens,
+                               cells=[partition_meta(part)], num_cells=[len(part)], output="geolocation")
+    save_checkpoint(r / "geo.pt", {"model": build_classifier(**geo_spec).state_dict(), "meta": geo_meta})
+    write_cells_csv(r / "cells.csv", part)
+    # broken ones
+    whole = (r / "det.pt").read_bytes()
+    (r / "truncated.pt").write_bytes(whole[: len(whole) // 2])  # a run killed while writing without atomic writes
+    (r / "zero.pt").write_bytes(b"")
+    save_checkpoint(r / "newer.pt", {"model": det.state_dict(), "meta": {**det_meta, "format": CHECKPOINT_FORMAT + 1}})
+    save_checkpoint(r / "plain_state.pt", det.state_dict())  # weights without the suite's metadata
+    wider = build_detector("ssd300", len(cats) + 1, alpha=0.5, size=64)  # the metadata of another width over these weights
+    save_checkpoint(r / "other_width.pt", {"model": det.state_dict(),
+                                           "meta": {**det_meta, "model": {**det_meta["model"],
+                                                                          "args": wider.build_args}}})
+    other = FaceModelConfig(alpha=0.25, resolution=RES, embedding_dim=16)
+    save_checkpoint(r / "other_face.pt", {"model": FaceEmbedder(other).state_dict(),
+                                          "meta": checkpoint_meta("faces", "face_embedder", other.to_dict(),
+                                                                  resolution=RES)})
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                  torch.nn.Linear(4, 2)).eval()
+    torch.jit.save(torch.jit.trace(teacher, torch.zeros(1, 3, RES, RES)), str(r / "teacher.pt"))
+    (r / "teacher.yaml").write_text(yaml.safe_dump({"input_size": RES, "mean": [0.5] * 3, "std": [0.5] * 3}))
+    torch.save({"model": _Opaque()}, r / "pickled.pt")  # an object weights_only loading refuses
+    (r / "some.json").write_text("{}")
+    torch.save(build_classifier(**classifier_spec(num_outputs=10, alpha=0.5)).state_dict(), r / "backbone_050.pt")
+
+
+class _Opaque:
+    pass
+
+
+def _geo_points() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    centres = np.array([[48.85, 2.35], [40.71, -74.0], [-33.87, 151.2], [35.68, 139.7]])
+    pts = centres[rng.integers(0, 4, 40)] + rng.normal(0, 0.5, (40, 2))
+    return pts[:, 0], pts[:, 1]
+
+
+def _write_coco(r: Path, w: dict[str, str]) -> None:
+    images, ann = write_shapes_dataset(r / "shapes", num_images=4, image_size=64, seed=0, split_name="train",
+                                       max_objects=1)
+    w["coco_root"], w["coco"] = str(images), str(ann)
+    base = json.loads(Path(ann).read_text())
+
+    def variant(name: str, change) -> None:
+        data = json.loads(json.dumps(base))
+        change(data)
+        (r / name).write_text(json.dumps(data))
+
+    (r / "coco_not_json.json").write_text("{ this is not json")
+    (r / "coco_a_list.json").write_text("[1, 2, 3]")
+    variant("coco_no_images.json", lambda d: d.pop("images"))
+    variant("coco_bbox_text.json", lambda d: d["annotations"][0].__setitem__("bbox", "10,10,5,5"))
+    variant("coco_unknown_cat.json", lambda d: d["annotations"][0].__setitem__("category_id", 999))
+    variant("coco_unknown_image.json", lambda d: d["annotations"][0].__setitem__("image_id", 12345))
+    variant("coco_nan_box.json", lambda d: d["annotations"][0].__setitem__("bbox", [1.0, 2.0, float("nan"), 4.0]))
+    variant("coco_width_text.json", lambda d: d["images"][0].__setitem__("width", "wide"))
+    # detections (eval.coco --dt): one good list, and broken ones
+    dets = [{"image_id": base["images"][0]["id"], "category_id": base["categories"][0]["id"],
+             "bbox": [1.0, 1.0, 10.0, 10.0], "score": 0.9}]
+    (r / "dets.json").write_text(json.dumps(dets))
+    (r / "dets_not_list.json").write_text(json.dumps({"image_id": 1}))
+    (r / "dets_unknown_image.json").write_text(json.dumps([{**dets[0], "image_id": 777}]))
+    (r / "dets_no_score.json").write_text(json.dumps([{k: v for k, v in dets[0].items() if k != "score"}]))
+    (r / "dets_nan_score.json").write_text(json.dumps([{**dets[0], "score": float("nan")}]))
+    (r / "dets_unknown_cat.json").write_text(json.dumps([{**dets[0], "category_id": 999}]))
+
+
+def _write_faces(r: Path, w: dict[str, str]) -> None:
+    root = r / "faces"
+    for k, name in enumerate(("alice", "bob", "carol")):
+        (root / name).mkdir(parents=True)
+        for i in (1, 2):
+            _noise((RES, RES), 10 * k + i).save(root / name / f"{name}_{i:04d}.png")
+    w["faces"] = str(root)
+    write_pairs(r / "pairs.txt", [([("alice", 1, 2)], [("alice", 1, "bob", 1)]),
+                                  ([("bob", 1, 2)], [("bob", 2, "carol", 1)])])
+    (r / "pairs_malformed.txt").write_text("2 300\nAaron 1 2\nBob\n")
+    (r / "pairs_count.txt").write_text("1\t2\nalice\t1\t2\nalice\t1\tbob\t1\n")
+    (r / "pairs_missing_image.txt").write_text("1\t1\nalice\t1\t7\nalice\t1\tbob\t1\n")
+    (r / "pairs_not_number.txt").write_text("1\t1\nalice\t1\ttwo\nalice\t1\tbob\t1\n")
+    (r / "pairs_binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
+
+
+def _write_attributes(r: Path, w: dict[str, str]) -> None:
+    root = r / "celeb"
+    root.mkdir()
+    names = [f"{i:06d}.png" for i in range(1, 7)]
+    for k, n in enumerate(names):
+        _noise((RES, RES), 100 + k).save(root / n)
+    w["celeb"] = str(root)
+    rows = [f"{n},{k % 2},{(k // 2) % 2}" for k, n in enumerate(names)]
+    (r / "attrs.csv").write_text("image,smiling,glasses\n" + "\n".join(rows) + "\n")
+    (r / "attrs_value.csv").write_text("image,smiling,glasses\n000001.png,yes,0\n")
+    (r / "attrs_missing_image.csv").write_text("image,smiling,glasses\n" + "\n".join(rows) + "\n999999.png,1,0\n")
+    (r / "attrs_header.csv").write_text("image\n000001.png\n")
+    (r / "attrs_binary.csv").write_bytes(b"\xff\xfe\x00\x00garbage\x00")
+    celeba = ["2", "smiling glasses", "000001.png 1 -1", "000002.png 2 1"]
+    (r / "list_attr_bad_value.txt").write_text("\n".join(celeba) + "\n")
+    (r / "list_attr_count.txt").write_text("5\nsmiling glasses\n000001.png 1 -1\n")
+
+
+def _write_dogs(r: Path, w: dict[str, str]) -> None:
+    dogs = r / "dogs"
+    write_stanford_dogs_layout(dogs, num_breeds=3, images_per_breed=4, train_per_breed=2, size=(40, 32),
+                               odd_files=False)
+    w["dogs"] = str(dogs)
+
+    def variant(name: str) -> Path:
+        d = r / name
+        shutil.copytree(dogs, d)
+        w[name] = str(d)
+        return d
+
+    (variant("dogs_mat_garbage") / "lists" / "train_list.mat").write_bytes(b"MATLAB 5.0 MAT-file, garbage")
+    d = variant("dogs_mat_label")
+    lst = sorted(p.relative_to(d / "Images").as_posix() for p in (d / "Images").rglob("*.jpg"))
+    write_mat_list(d / "lists" / "train_list.mat", lst[:2], [0, 98])
+    import scipy.io
+
+    d = variant("dogs_mat_no_labels")
+    scipy.io.savemat(d / "lists" / "train_list.mat", {"file_list": np.array([[np.array([lst[0]])]], dtype=object)})
+    d = variant("dogs_xml_broken")
+    first_ann = sorted(p for p in (d / "Annotation").rglob("*") if p.is_file())[0]
+    first_ann.write_text("<annotation><object><bndbox><xmin>1</xmin>")
+    w["dogs_xml_file"] = str(first_ann)
+    d = variant("dogs_xml_text")
+    ann = sorted(p for p in (d / "Annotation").rglob("*") if p.is_file())[0]
+    ann.write_text(ann.read_text().replace("<xmin>", "<xmin>left", 1))
+    # a class-folder set and a path,label CSV
+    folders = r / "folders"
+    for k, cls in enumerate(("cat", "dog")):
+        (folders / cls).mkdir(parents=True)
+        for i in range(3):
+            _noise((RES, RES), 200 + 10 * k + i).save(folders / cls / f"{i}.png")
+    w["folders"] = str(folders)
+    (r / "labels_unknown_class.csv").write_text("path,label\ncat/0.png,cat\ndog/0.png,horse\n")
+
+
+def _write_geo(r: Path, w: dict[str, str]) -> None:
+    root = r / "geo_images"
+    root.mkdir()
+    lat, lon = _geo_points()
+    lines = ["IMG_ID,LAT,LON"]
+    for k, (a, b) in enumerate(zip(lat.tolist(), lon.tolist())):
+        _noise((RES, RES), 300 + k).save(root / f"{k:03d}.png")
+        lines.append(f"{k:03d}.png,{a:.5f},{b:.5f}")
+    w["geo_root"] = str(root)
+    (r / "geo.csv").write_text("\n".join(lines) + "\n")
+    (r / "geo_binary.csv").write_bytes(b"\xff\xfe\x00garbage")
+    (r / "geo_no_lat.csv").write_text("IMG_ID,LON\n000.png,2.3\n")
+    (r / "geo_lat_text.csv").write_text("IMG_ID,LAT,LON\n000.png,north,2.3\n001.png,48.8,2.3\n")
+    (r / "geo_lat_95.csv").write_text("IMG_ID,LAT,LON\n000.png,95.0,2.3\n001.png,48.8,2.3\n")
+    (r / "geo_lat_nan.csv").write_text("IMG_ID,LAT,LON\n000.png,nan,2.3\n001.png,48.8,2.3\n")
+    (r / "geo_missing_image.csv").write_text("IMG_ID,LAT,LON\n000.png,48.8,2.3\nnowhere.png,48.8,2.3\n")
+    (r / "cells_binary.csv").write_bytes(b"\xff\xfe\x00garbage")
+    (r / "cells_no_token.csv").write_text("class_label,level,count,lat_mean,lon_mean\n0,3,5,1.0,2.0\n")
+    (r / "cells_bad_token.csv").write_text("class_label,token,level,count,lat_mean,lon_mean\n0,zz,3,5,1.0,2.0\n"
+                                           "1,zz,3,5,1.0,2.0\n")
+    good = (r / "cells.csv").read_text().splitlines()
+    head, first, *rest = good
+    parts = first.split(",")
+    parts[4] = "95.0"  # lat_mean
+    (r / "cells_lat_95.csv").write_text("\n".join([head, ",".join(parts), *rest]) + "\n")
+
+
+def build_world(r: Path) -> dict[str, str]:
+    """Write every file the table refers to under ``r``; returns the names the templates use."""
+    r.mkdir(parents=True, exist_ok=True)
+    w: dict[str, str] = {"r": str(r)}
+    _write_images(r / "img")
+    w["img"] = str(r / "img")
+    _write_coco(r, w)
+    _write_faces(r, w)
+    _write_attributes(r, w)
+    _write_dogs(r, w)
+    _write_checkpoints(r, w)
+    _write_geo(r, w)
+    (r / "empty").mkdir()
+    (r / "a_folder.onnx").mkdir()
+    (r / "a_file").write_text("x")
+    from tasks.faces.search import main as search_main
+
+    search_main(["build", "--index", str(r / "gallery_ok"), "--images", w["faces"], "--checkpoint",
+                 str(r / "face.pt"), "--device", "cpu"])
+    (r / "not_yaml.yaml").write_text("train: [1, 2\n")
+    (r / "yaml_list.yaml").write_text("- 1\n- 2\n")
+    for name, data in {"unknown_key.yaml": {"train": {"lr_rate": 0.1}},
+                       "unknown_section.yaml": {"trian": {"lr": 0.1}},
+                       "wrong_type.yaml": {"train": {"epochs": "ten"}},
+                       "wrong_type_bool.yaml": {"train": {"amp": "yes"}},
+                       "model_unknown.yaml": {"model": {"alpah": 0.5}}}.items():
+        (r / name).write_text(yaml.safe_dump(data))
+    return w
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, str]:
+    return build_world(tmp_path_factory.mktemp("bad"))
+
+
+# --------------------------------------------------------------------------------------------------
+# the table
+
+DET = "tasks.detection.train"
+DET_DATA = "--data-root {coco_root} --ann {coco} --resolution 64 --alpha 0.25 --epochs 1 --output-dir {r}/out_det"
+FACES = "tasks.faces.train"
+FACES_DATA = "--data-root {faces} --alpha 0.25 --resolution 32 --epochs 1 --output-dir {r}/out_faces"
+ATTR = "tasks.attributes.train"
+ATTR_DATA = "--data-root {celeb} --ann {r}/attrs.csv --alpha 0.25 --resolution 32 --epochs 1 --output-dir {r}/out_attr"
+FG = "tasks.finegrained.train"
+FG_DATA = "--alpha 0.25 --resolution 32 --epochs 1 --output-dir {r}/out_fg"
+GEO = "tasks.geolocation.train"
+GEO_DATA = ("--data-root {geo_root} --ann {r}/geo.csv --t-min 0 --t-max 3 --alpha 0.25 --resolution 32 --epochs 1 "
+            "--output-dir {r}/out_geo")
+DISTILL = "distill.train"
+DISTILL_DATA = "--teacher torchscript:{r}/teacher.pt --data-root {celeb} --output-dir {r}/out_distill"
+
+# (id, command, argv template, fragment template)
+CASES: list[tuple[str, str, str, str]] = [
+    # ---- paths -----------------------------------------------------------------------------------
+    ("det-predict-missing-image", "tasks.detection.predict", "--checkpoint {r}/det.pt {img}/nope.jpg", "nope.jpg"),
+    ("det-predict-folder-as-image", "tasks.detection.predict", "--checkpoint {r}/det.pt {img}/a_folder.jpg",
+     "a_folder.jpg"),
+    ("det-predict-folder-as-checkpoint", "tasks.detection.predict", "--checkpoint {r} {img}/good.png", "is a folder"),
+    ("det-predict-out-dir-is-a-file", "tasks.detection.predict",
+     "--checkpoint {r}/det.pt {img}/good.png --out-dir {r}/a_file", "a_file is a file, not a folder"),
+    ("det-evaluate-missing-checkpoint", "tasks.detection.evaluate", "--checkpoint {r}/gone.pt", "gone.pt"),
+    ("det-evaluate-missing-ann", "tasks.detection.evaluate",
+     "--checkpoint {r}/det.pt --data-root {coco_root} --ann {r}/gone.json", "gone.json"),
+    ("det-evaluate-missing-images", "tasks.detection.evaluate",
+     "--checkpoint {r}/det.pt --data-root {r}/empty --ann {coco}", "image file not found"),
+    ("det-evaluate-images-root-is-a-file", "tasks.detection.evaluate",
+     "--checkpoint {r}/det.pt --data-root {r}/a_file --ann {coco}", "a_file"),
+    ("det-evaluate-out-dir-is-a-file", "tasks.detection.evaluate",
+     "--checkpoint {r}/det.pt --data-root {coco_root} --ann {coco} --out-dir {r}/a_file",
+     "a_file is a file, not a folder"),
+    ("det-train-ann-is-a-folder", DET, DET_DATA.replace("{coco}", "{r}/empty"), "empty"),
+    ("det-train-output-dir-is-a-file", DET, DET_DATA.replace("{r}/out_det", "{r}/a_file"), "is a file, not a folder"),
+    ("faces-train-missing-root", FACES, FACES_DATA.replace("{faces}", "{r}/gone"), "gone"),
+    ("faces-train-empty-root", FACES, FACES_DATA.replace("{faces}", "{r}/empty"), "no identity folders"),
+    ("faces-train-root-is-a-file", FACES, FACES_DATA.replace("{faces}", "{r}/a_file"), "a_file"),
+    ("faces-evaluate-missing-pairs", "tasks.faces.evaluate",
+     "--pairs {r}/gone.txt --data-root {faces} --checkpoint {r}/face.pt", "gone.txt"),
+    ("faces-evaluate-pairs-is-a-folder", "tasks.faces.evaluate",
+     "--pairs {r}/empty --data-root {faces} --checkpoint {r}/face.pt", "empty"),
+    ("faces-evaluate-out-dir-is-a-file", "tasks.faces.evaluate",
+     "--pairs {r}/pairs.txt --data-root {faces} --checkpoint {r}/face.pt --out-dir {r}/a_file",
+     "a_file is a file, not a folder"),
+    ("faces-search-build-missing-images", "tasks.faces.search",
+     "build --index {r}/gallery --images {r}/gone --checkpoint {r}/face.pt", "gone"),
+    ("faces-search-query-missing-index", "tasks.faces.search",
+     "query --index {r}/no_gallery --checkpoint {r}/face.pt {img}/good.png", "no_gallery"),
+    ("faces-search-index-is-a-file", "tasks.faces.search", "stats --index {r}/a_file", "a_file"),
+    ("attr-train-missing-labels-flag", ATTR, "--data-root {celeb}", "--ann"),
+    ("attr-train-missing-label-file", ATTR, ATTR_DATA.replace("{r}/attrs.csv", "{r}/gone.csv"), "gone.csv"),
+    ("attr-train-label-file-is-a-folder", ATTR, ATTR_DATA.replace("{r}/attrs.csv", "{r}/empty"), "empty"),
+    ("attr-train-empty-image-folder", ATTR, ATTR_DATA.replace("{celeb}", "{r}/empty"), "000001.png"),
+    ("attr-evaluate-out-dir-is-a-file", "tasks.attributes.evaluate",
+     "--checkpoint {r}/attr.pt --data-root {celeb} --ann {r}/attrs.csv --out-dir {r}/a_file",
+     "a_file is a file, not a folder"),
+    ("distill-missing-teacher-file", DISTILL, DISTILL_DATA.replace("teacher.pt", "gone_teacher.pt"),
+     "gone_teacher.pt"),
+    ("distill-empty-image-folder", DISTILL, "--teacher torchscript:{r}/teacher.pt --data-root {r}/empty", "empty"),
+    ("distill-image-folder-is-a-file", DISTILL, "--teacher torchscript:{r}/teacher.pt --data-root {r}/a_file", "a_file"),
+    ("fg-train-missing-root", FG, FG_DATA + " --data-root {r}/gone", "gone"),
+    ("fg-train-empty-root", FG, FG_DATA + " --data-root {r}/empty", "empty"),
+    ("fg-evaluate-out-dir-is-a-file", "tasks.finegrained.evaluate",
+     "--checkpoint {r}/fg.pt --data-root {dogs} --out-dir {r}/a_file", "a_file is a file, not a folder"),
+    ("fg-predict-missing-image", "tasks.finegrained.predict", "--checkpoint {r}/fg.pt {img}/nope.jpg", "nope.jpg"),
+    ("fg-predict-out-dir-is-a-file", "tasks.finegrained.predict",
+     "--checkpoint {r}/fg.pt {img}/good.png --out-dir {r}/a_file", "a_file is a file, not a folder"),
+    ("geo-partition-missing-csv", "tasks.geolocation.partition", "--ann {r}/gone.csv --out {r}/c.csv", "gone.csv"),
+    ("geo-partition-out-is-a-folder", "tasks.geolocation.partition",
+     "--ann {r}/geo.csv --out {r}/empty --t-min 0 --t-max 3", "empty"),
+    ("geo-train-missing-images", GEO, GEO_DATA.replace("{geo_root}", "{r}/gone"), "gone"),
+    ("geo-train-missing-cells", GEO, GEO_DATA + " --cells {r}/gone_cells.csv", "gone_cells.csv"),
+    ("geo-evaluate-out-dir-is-a-file", "tasks.geolocation.evaluate",
+     "--checkpoint {r}/geo.pt --data-root {geo_root} --ann {r}/geo.csv --out-dir {r}/a_file",
+     "a_file is a file, not a folder"),
+    ("geo-predict-missing-image", "tasks.geolocation.predict", "--checkpoint {r}/geo.pt {img}/nope.jpg", "nope.jpg"),
+    ("geo-predict-out-dir-is-a-file", "tasks.geolocation.predict",
+     "--checkpoint {r}/geo.pt {img}/good.png --out-dir {r}/a_file", "a_file is a file, not a folder"),
+    ("export-missing-checkpoint", "tasks.export.__main__", "--checkpoint {r}/gone.pt --out {r}/m.onnx", "gone.pt"),
+    ("export-out-is-a-folder", "tasks.export.__main__", "--checkpoint {r}/fg.pt --out {r}/a_folder.onnx",
+     "a_folder.onnx is a folder"),
+    ("export-missing-calib-folder", "tasks.export.__main__",
+     "--checkpoint {r}/fg.pt --out {r}/exp/m.onnx --int8 --calib-images {r}/gone", "gone"),
+    ("export-empty-calib-folder", "tasks.export.__main__",
+     "--checkpoint {r}/fg.pt --out {r}/exp/m.onnx --int8 --calib-images {r}/empty", "empty"),
+    ("bench-missing-graph", "tasks.export.bench", "{r}/gone.onnx", "gone.onnx"),
+    ("bench-not-a-graph", "tasks.export.bench", "{r}/some.json", "some.json"),
+    ("coco-missing-ground-truth", "eval.coco", "--gt {r}/gt.json --dt {r}/dets.json", "gt.json"),
+    ("coco-missing-detections", "eval.coco", "--gt {coco} --dt {r}/gone.json", "gone.json"),
+    ("backbone-export-out-is-a-folder", "backbone.export",
+     "--alpha 0.25 --resolution 32 --num-classes 10 --out {r}/empty", "empty"),
+    ("backbone-export-missing-weights", "backbone.export",
+     "--alpha 0.25 --resolution 32 --out {r}/m.onnx --weights {r}/gone.pt", "gone.pt"),
+    ("coverage-missing-ann", "tasks.detection.coverage", "--data-root {coco_root} --ann {r}/gone.json", "gone.json"),
+    ("synthetic-shapes-out-is-a-file", "datasets.synthetic_shapes", "--out {r}/a_file --num-train 1 --num-val 1",
+     "a_file"),
+    # ---- images ----------------------------------------------------------------------------------
+    ("det-predict-not-an-image", "tasks.detection.predict", "--checkpoint {r}/det.pt {img}/not_image.jpg",
+     "not_image.jpg"),
+    ("det-predict-truncated", "tasks.detection.predict", "--checkpoint {r}/det.pt {img}/truncated.jpg",
+     "truncated.jpg"),
+    ("det-predict-zero-bytes", "tasks.detection.predict", "--checkpoint {r}/det.pt {img}/zero.jpg", "zero.jpg"),
+    ("det-predict-decompression-bomb", "tasks.detection.predict", "--checkpoint {r}/det.pt {img}/bomb.png",
+     "bomb.png: DecompressionBombError"),
+    ("det-predict-bad-among-good", "tasks.detection.predict",
+     "--checkpoint {r}/det.pt {img}/good.png {img}/not_image.jpg {img}/cmyk.jpg", "not_image.jpg"),
+    ("fg-predict-bad-among-good", "tasks.finegrained.predict",
+     "--checkpoint {r}/fg.pt {img}/good.png {img}/truncated.jpg {img}/grey16.png", "truncated.jpg"),
+    ("geo-predict-bad-among-good", "tasks.geolocation.predict",
+     "--checkpoint {r}/geo.pt {img}/good.png {img}/zero.jpg", "zero.jpg"),
+    ("faces-search-query-not-an-image", "tasks.faces.search",
+     "query --index {r}/gallery_ok --checkpoint {r}/face.pt {img}/not_image.jpg", "not_image.jpg"),
+    # ---- annotation files ------------------------------------------------------------------------
+    ("det-train-ann-not-json", DET, DET_DATA.replace("{coco}", "{r}/coco_not_json.json"), "coco_not_json.json"),
+    ("det-train-ann-a-list", DET, DET_DATA.replace("{coco}", "{r}/coco_a_list.json"), "coco_a_list.json"),
+    ("det-train-ann-no-images", DET, DET_DATA.replace("{coco}", "{r}/coco_no_images.json"), "'images'"),
+    ("det-train-bbox-wrong-type", DET, DET_DATA.replace("{coco}", "{r}/coco_bbox_text.json"), "'bbox'"),
+    ("det-train-box-of-unknown-category", DET, DET_DATA.replace("{coco}", "{r}/coco_unknown_cat.json"), "999"),
+    ("det-train-box-of-unknown-image", DET, DET_DATA.replace("{coco}", "{r}/coco_unknown_image.json"), "12345"),
+    ("det-train-nan-box", DET, DET_DATA.replace("{coco}", "{r}/coco_nan_box.json"), "must be finite"),
+    ("det-evaluate-width-wrong-type", "tasks.detection.evaluate",
+     "--checkpoint {r}/det.pt --data-root {coco_root} --ann {r}/coco_width_text.json", "'width'"),
+    ("coco-dt-not-a-list", "eval.coco", "--gt {coco} --dt {r}/dets_not_list.json", "dets_not_list.json"),
+    ("coco-dt-result-for-unknown-image", "eval.coco", "--gt {coco} --dt {r}/dets_unknown_image.json", "777"),
+    ("coco-dt-unknown-category", "eval.coco", "--gt {coco} --dt {r}/dets_unknown_cat.json", "999"),
+    ("coco-dt-no-score", "eval.coco", "--gt {coco} --dt {r}/dets_no_score.json", "'score'"),
+    ("coco-dt-nan-score", "eval.coco", "--gt {coco} --dt {r}/dets_nan_score.json", "score"),
+    ("coco-gt-not-json", "eval.coco", "--gt {r}/coco_not_json.json --dt {r}/dets.json", "coco_not_json.json"),
+    ("faces-evaluate-malformed-pairs", "tasks.faces.evaluate",
+     "--pairs {r}/pairs_malformed.txt --data-root {faces} --checkpoint {r}/face.pt", "pairs_malformed.txt"),
+    ("faces-evaluate-pairs-count", "tasks.faces.evaluate",
+     "--pairs {r}/pairs_count.txt --data-root {faces} --checkpoint {r}/face.pt", "announces 4 pair lines"),
+    ("faces-evaluate-pair-names-missing-image", "tasks.faces.evaluate",
+     "--pairs {r}/pairs_missing_image.txt --data-root {faces} --checkpoint {r}/face.pt", "alice_0007"),
+    ("faces-evaluate-pair-number-not-integer", "tasks.faces.evaluate",
+     "--pairs {r}/pairs_not_number.txt --data-root {faces} --checkpoint {r}/face.pt", "'two'"),
+    ("faces-evaluate-pairs-binary", "tasks.faces.evaluate",
+     "--pairs {r}/pairs_binary.txt --data-root {faces} --checkpoint {r}/face.pt", "pairs_binary.txt"),
+    ("faces-train-val-pairs-malformed", FACES, FACES_DATA + " --val-ann {r}/pairs_malformed.txt --val-data-root {faces}",
+     "pairs_malformed.txt"),
+    ("attr-train-value-not-a-label", ATTR, ATTR_DATA.replace("{r}/attrs.csv", "{r}/attrs_value.csv"), "'yes'"),
+    ("attr-train-label-for-missing-image", ATTR, ATTR_DATA.replace("{r}/attrs.csv", "{r}/attrs_missing_image.csv"),
+     "999999.png"),
+    ("attr-train-header-without-attributes", ATTR, ATTR_DATA.replace("{r}/attrs.csv", "{r}/attrs_header.csv"),
+     "at least one attribute"),
+    ("attr-train-labels-binary", ATTR, ATTR_DATA.replace("{r}/attrs.csv", "{r}/attrs_binary.csv"), "attrs_binary.csv"),
+    ("attr-evaluate-celeba-value", "tasks.attributes.evaluate",
+     "--checkpoint {r}/attr.pt --data-root {celeb} --ann {r}/list_attr_bad_value.txt", "value '2'"),
+    ("attr-evaluate-celeba-count", "tasks.attributes.evaluate",
+     "--checkpoint {r}/attr.pt --data-root {celeb} --ann {r}/list_attr_count.txt", "line 1 says 5 images"),
+    ("distill-labels-value", DISTILL, "--teacher torchscript:{r}/teacher.pt --data-root {celeb} --ann {r}/attrs_value.csv",
+     "'yes'"),
+    ("fg-train-mat-garbage", FG, FG_DATA + " --data-root {dogs_mat_garbage}", "train_list.mat"),
+    ("fg-train-mat-label-out-of-range", FG, FG_DATA + " --data-root {dogs_mat_label}", "99"),
+    ("fg-train-mat-variable-missing", FG, FG_DATA + " --data-root {dogs_mat_no_labels}", "'annotation_list'"),
+    ("fg-train-xml-broken", FG, FG_DATA + " --data-root {dogs_xml_broken} --crop box", "not valid XML"),
+    ("fg-train-xml-not-a-number", FG, FG_DATA + " --data-root {dogs_xml_text} --crop box", "'left"),
+    ("fg-evaluate-unknown-class", "tasks.finegrained.evaluate",
+     "--checkpoint {r}/fg.pt --data-root {folders} --ann {r}/labels_unknown_class.csv", "unknown class"),
+    ("geo-partition-binary-csv", "tasks.geolocation.partition", "--ann {r}/geo_binary.csv --out {r}/c.csv",
+     "geo_binary.csv"),
+    ("geo-partition-no-lat-column", "tasks.geolocation.partition", "--ann {r}/geo_no_lat.csv --out {r}/c.csv",
+     "latitude column"),
+    ("geo-train-lat-not-a-number", GEO, GEO_DATA.replace("geo.csv", "geo_lat_text.csv"), "'north'"),
+    ("geo-train-lat-beyond-90", GEO, GEO_DATA.replace("geo.csv", "geo_lat_95.csv"), "95"),
+    ("geo-evaluate-lat-nan", "tasks.geolocation.evaluate",
+     "--checkpoint {r}/geo.pt --data-root {geo_root} --ann {r}/geo_lat_nan.csv", "'nan'"),
+    ("geo-evaluate-missing-image", "tasks.geolocation.evaluate",
+     "--checkpoint {r}/geo.pt --data-root {geo_root} --ann {r}/geo_missing_image.csv", "nowhere.png"),
+    ("geo-train-cells-binary", GEO, GEO_DATA + " --cells {r}/cells_binary.csv", "cells_binary.csv"),
+    ("geo-train-cells-no-token", GEO, GEO_DATA + " --cells {r}/cells_no_token.csv", "missing column(s) token"),
+    ("geo-train-cells-bad-token", GEO, GEO_DATA + " --cells {r}/cells_bad_token.csv", "'token'"),
+    ("geo-train-cells-lat-beyond-90", GEO, GEO_DATA + " --cells {r}/cells_lat_95.csv", "'lat_mean'"),
+    # ---- checkpoints -----------------------------------------------------------------------------
+    ("det-evaluate-not-a-checkpoint", "tasks.detection.evaluate", "--checkpoint {r}/some.json",
+     "some.json is not a checkpoint"),
+    ("det-evaluate-checkpoint-of-another-task", "tasks.detection.evaluate",
+     "--checkpoint {r}/face.pt --data-root {coco_root} --ann {coco}", "is a faces checkpoint; this command reads detection"),
+    ("det-evaluate-truncated-checkpoint", "tasks.detection.evaluate", "--checkpoint {r}/truncated.pt",
+     "truncated.pt"),
+    ("det-predict-zero-byte-checkpoint", "tasks.detection.predict", "--checkpoint {r}/zero.pt {img}/good.png",
+     "zero.pt"),
+    ("det-predict-newer-format", "tasks.detection.predict", "--checkpoint {r}/newer.pt {img}/good.png",
+     f"checkpoint format {CHECKPOINT_FORMAT + 1}"),
+    ("det-predict-plain-state-dict", "tasks.detection.predict", "--checkpoint {r}/plain_state.pt {img}/good.png",
+     "not a model checkpoint of this suite"),
+    ("det-predict-other-width", "tasks.detection.predict", "--checkpoint {r}/other_width.pt {img}/good.png",
+     "weights do not fit the model"),
+    ("det-predict-pickled-object", "tasks.detection.predict", "--checkpoint {r}/pickled.pt {img}/good.png",
+     "weights_only"),
+    ("faces-evaluate-detector-checkpoint", "tasks.faces.evaluate",
+     "--pairs {r}/pairs.txt --data-root {faces} --checkpoint {r}/det.pt", "is a detection checkpoint"),
+    ("faces-search-build-detector-checkpoint", "tasks.faces.search",
+     "build --index {r}/gallery_det --images {faces} --checkpoint {r}/det.pt", "is a detection checkpoint"),
+    ("attr-evaluate-finegrained-checkpoint", "tasks.attributes.evaluate",
+     "--checkpoint {r}/fg.pt --data-root {celeb} --ann {r}/attrs.csv", "is a finegrained checkpoint"),
+    ("attr-evaluate-truncated", "tasks.attributes.evaluate",
+     "--checkpoint {r}/truncated.pt --data-root {celeb} --ann {r}/attrs.csv", "truncated.pt"),
+    ("fg-evaluate-geo-checkpoint", "tasks.finegrained.evaluate", "--checkpoint {r}/geo.pt --data-root {dogs}",
+     "is a geolocation checkpoint"),
+    ("fg-predict-not-a-checkpoint", "tasks.finegrained.predict", "--checkpoint {r}/some.json {img}/good.png",
+     "some.json is not a checkpoint"),
+    ("geo-evaluate-finegrained-checkpoint", "tasks.geolocation.evaluate",
+     "--checkpoint {r}/fg.pt --data-root {geo_root} --ann {r}/geo.csv", "is a finegrained checkpoint"),
+    ("geo-predict-newer-format", "tasks.geolocation.predict", "--checkpoint {r}/newer.pt {img}/good.png",
+     "checkpoint format"),
+    ("export-not-a-checkpoint", "tasks.export.__main__", "--checkpoint {r}/some.json --out {r}/m.onnx", "not a checkpoint"),
+    ("export-truncated-checkpoint", "tasks.export.__main__", "--checkpoint {r}/truncated.pt --out {r}/m.onnx", "truncated.pt"),
+    ("bench-compare-not-a-checkpoint", "tasks.export.bench", "{r}/gone.onnx --compare {r}/some.json", "gone.onnx"),
+    ("backbone-export-weights-not-a-checkpoint", "backbone.export",
+     "--alpha 0.25 --resolution 32 --out {r}/m.onnx --weights {r}/some.json", "some.json"),
+    ("backbone-export-weights-of-another-width", "backbone.export",
+     "--alpha 0.25 --resolution 32 --num-classes 10 --out {r}/m.onnx --weights {r}/backbone_050.pt",
+     "weights do not fit this model"),
+    ("det-train-pretrained-of-another-width", DET, DET_DATA + " --pretrained-backbone {r}/backbone_050.pt",
+     "weights do not fit this model"),
+    ("det-train-resume-not-a-checkpoint", DET, DET_DATA + " --resume {r}/some.json", "some.json"),
+    ("det-train-resume-of-another-task", DET, DET_DATA + " --resume {r}/face.pt", "face.pt"),
+    ("attr-train-resume-truncated", ATTR, ATTR_DATA + " --resume {r}/truncated.pt", "truncated.pt"),
+    ("geo-train-resume-missing", GEO, GEO_DATA + " --resume {r}/gone.pt", "gone.pt"),
+    ("fg-train-resume-missing", FG, FG_DATA + " --data-root {dogs} --resume {r}/gone.pt", "gone.pt"),
+    ("faces-search-add-other-model", "tasks.faces.search",
+     "add --index {r}/gallery_ok --checkpoint {r}/other_face.pt {img}/good.png",
+     "embeddings of different models are not comparable"),
+    # ---- configs ---------------------------------------------------------------------------------
+    ("det-train-missing-config", DET, "--config {r}/missing.yaml", "config file not found"),
+    ("det-train-config-is-a-folder", DET, "--config {r}/empty", "is a folder"),
+    ("det-train-config-not-yaml", DET, "--config {r}/not_yaml.yaml", "not valid YAML"),
+    ("det-train-config-a-list", DET, "--config {r}/yaml_list.yaml", "expected a mapping"),
+    ("det-train-unknown-config-key", DET, "--config {r}/unknown_key.yaml", "did you mean 'lr'?"),
+    ("det-train-unknown-section", DET, "--config {r}/unknown_section.yaml", "did you mean 'train'?"),
+    ("det-train-config-value-of-wrong-type", DET, "--config {r}/wrong_type.yaml",
+     "train.epochs='ten': expected an integer"),
+    ("det-train-epochs-zero", DET, "--epochs 0", "epochs=0"),
+    ("det-train-data-root-without-ann", DET, "--data-root {coco_root}", "--data-root and --ann go together"),
+    ("det-train-val-without-train", DET, "--val-data-root {coco_root} --val-ann {coco}", "need --data-root"),
+    ("faces-train-unknown-key", FACES, "--config {r}/model_unknown.yaml", "did you mean 'alpha'?"),
+    ("faces-train-wrong-type", FACES, "--config {r}/wrong_type_bool.yaml", "expected true or false"),
+    ("faces-train-annotation-flag", FACES, "--ann labels.csv", "takes no annotation file"),
+    ("attr-train-unknown-key", ATTR, "--config {r}/unknown_key.yaml", "did you mean 'lr'?"),
+    ("attr-train-val-root-without-val-ann", ATTR, "--data-root {celeb} --ann {r}/attrs.csv --val-data-root {celeb}",
+     "needs data.val_ann"),
+    ("distill-unknown-key", DISTILL, "--config {r}/unknown_key.yaml", "did you mean 'lr'?"),
+    ("distill-cache-with-augment", DISTILL, DISTILL_DATA + " --cache-teacher --augment", "--augment"),
+    ("distill-hint-with-cache", DISTILL, DISTILL_DATA + " --cache-teacher --hint conv11:2", "--hint"),
+    ("fg-train-unknown-key", FG, "--config {r}/model_unknown.yaml", "did you mean 'alpha'?"),
+    ("fg-train-val-without-data-root", FG, "--val-data-root {folders}", "need data.root"),
+    ("fg-train-val-fraction-out-of-range", FG, FG_DATA + " --data-root {dogs} --val-fraction 1.5", "val_fraction"),
+    ("geo-train-unknown-key", GEO, "--config {r}/unknown_key.yaml", "did you mean 'lr'?"),
+    ("geo-train-data-root-without-ann", GEO, "--data-root {geo_root}", "required together"),
+    ("geo-train-wrong-type", GEO, "--config {r}/wrong_type.yaml", "expected an integer"),
+    ("geo-partition-t-max-below-t-min", "tasks.geolocation.partition",
+     "--ann {r}/geo.csv --out {r}/c.csv --t-min 10 --t-max 5", "t_max"),
+    ("export-int8-without-calibration", "tasks.export.__main__", "--checkpoint {r}/fg.pt --out {r}/m.onnx --int8",
+     "--int8 needs --calib-images"),
+    ("export-bad-batch", "tasks.export.__main__", "--checkpoint {r}/fg.pt --out {r}/m.onnx --batch many", "--batch"),
+    ("export-no-output", "tasks.export.__main__", "--checkpoint {r}/fg.pt", "give --out"),
+    ("det-evaluate-ann-without-root", "tasks.detection.evaluate", "--checkpoint {r}/det.pt --ann {coco}",
+     "--data-root and --ann go together"),
+    ("det-predict-score-thresh", "tasks.detection.predict", "--checkpoint {r}/det.pt {img}/good.png --score-thresh 2",
+     "--score-thresh"),
+    ("fg-predict-top-k-zero", "tasks.finegrained.predict", "--checkpoint {r}/fg.pt {img}/good.png --top-k 0",
+     "--top-k"),
+    ("attr-evaluate-nothing-to-score", "tasks.attributes.evaluate", "--data-root {celeb} --ann {r}/attrs.csv",
+     "give at least one --checkpoint"),
+    ("faces-search-remove-nothing", "tasks.faces.search", "remove --index {r}/gallery_ok", "--identity"),
+    # ---- devices ---------------------------------------------------------------------------------
+    ("det-train-device-mps", DET, DET_DATA + " --device mps", "mps"),
+    ("det-evaluate-device-nonsense", "tasks.detection.evaluate", "--checkpoint {r}/det.pt --device gpu0", "gpu0"),
+    ("fg-predict-device-mps", "tasks.finegrained.predict", "--checkpoint {r}/fg.pt {img}/good.png --device mps",
+     "mps"),
+    ("export-device-mps", "tasks.export.__main__", "--checkpoint {r}/fg.pt --out {r}/m.onnx --device mps", "mps"),
+]
+
+# Rows that need a machine without CUDA (the suite's CI); on a GPU machine they are skipped.
+NO_CUDA_CASES: list[tuple[str, str, str, str]] = [
+    ("det-train-device-cuda", DET, DET_DATA + " --device cuda", "CUDA is not available"),
+    ("det-predict-device-cuda", "tasks.detection.predict", "--checkpoint {r}/det.pt {img}/good.png --device cuda",
+     "CUDA is not available"),
+    ("faces-evaluate-device-cuda", "tasks.faces.evaluate",
+     "--pairs {r}/pairs.txt --data-root {faces} --checkpoint {r}/face.pt --device cuda", "CUDA is not available"),
+    ("attr-train-device-cuda", ATTR, ATTR_DATA + " --device cuda", "CUDA is not available"),
+    ("geo-evaluate-device-cuda", "tasks.geolocation.evaluate",
+     "--checkpoint {r}/geo.pt --data-root {geo_root} --ann {r}/geo.csv --device cuda", "CUDA is not available"),
+    ("export-device-cuda", "tasks.export.__main__", "--checkpoint {r}/fg.pt --out {r}/m.onnx --device cuda",
+     "CUDA is not available"),
+    ("distill-device-cuda", DISTILL, DISTILL_DATA + " --device cuda", "CUDA is not available"),
+    ("faces-search-device-cuda", "tasks.faces.search",
+     "query --index {r}/gallery_ok --checkpoint {r}/face.pt {img}/good.png --device cuda", "CUDA is not available"),
+]
+
+
+def run_command(command: str, argv: str, world: dict[str, str], monkeypatch, capsys) -> tuple[int, str]:
+    """Run ``command``'s ``main`` with ``argv`` (a template over ``world``) through ``run_cli``.
+
+    Returns:
+        (exit status, stderr).
+    """
+    args = shlex.split(argv.format(**world))
     main = importlib.import_module(command).main
-    args = argv(files)
     monkeypatch.setattr(sys, "argv", [command, *args])
-    with pytest.raises(SystemExit) as info:
+    capsys.readouterr()
+    try:
         run_cli(lambda: main(args))
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip() and "Warning" not in line]
-    assert info.value.code == 2, err
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    return code, capsys.readouterr().err
+
+
+_PROGRESS_BAR = re.compile(r"\|\s*\d+/\d+ \[")  # a tqdm bar on stderr: "desc: 40%|####  | 2/5 [00:01<..."
+
+
+def error_lines(err: str) -> list[str]:
+    """The lines of ``err`` that are not progress bars or Python warnings."""
+    return [line for line in err.replace("\r", "\n").splitlines()
+            if line.strip() and not _PROGRESS_BAR.search(line) and "Warning" not in line and "warn(" not in line]
+
+
+def _check_one_error_line(code: int, err: str, fragment: str) -> None:
+    lines = error_lines(err)
+    assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert fragment(files) in lines[0], err
+    assert fragment in lines[0], err
     assert "Traceback" not in err
 
 
-def test_device_without_cuda_is_a_user_error(files, monkeypatch, capsys):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    main = importlib.import_module("tasks.detection.train").main
-    args = ["--data-root", files["images"], "--ann", files["ann"], "--device", "cuda", "--epochs", "1",
-            "--output-dir", str(files["root"] / "cuda_run")]
-    monkeypatch.setattr(sys, "argv", ["tasks.detection.train", *args])
-    with pytest.raises(SystemExit) as info:
-        run_cli(lambda: main(args))
-    assert info.value.code == 2
-    assert "CUDA is not available" in capsys.readouterr().err
+@pytest.mark.parametrize("command,argv,fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_error_line_and_exit_2(command, argv, fragment, world, monkeypatch, capsys):
+    monkeypatch.chdir(world["r"])  # nothing a row might write lands in the checkout
+    code, err = run_command(command, argv, world, monkeypatch, capsys)
+    _check_one_error_line(code, err, fragment.format(**world))
 
 
-def test_debug_shows_the_traceback(files, monkeypatch):
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("command,argv,fragment", [c[1:] for c in NO_CUDA_CASES], ids=[c[0] for c in NO_CUDA_CASES])
+def test_device_cuda_without_cuda(command, argv, fragment, world, monkeypatch, capsys):
+    monkeypatch.chdir(world["r"])
+    code, err = run_command(command, argv, world, monkeypatch, capsys)
+    _check_one_error_line(code, err, fragment.format(**world))
+
+
+def test_debug_shows_the_traceback(world, monkeypatch):
     main = importlib.import_module("tasks.detection.evaluate").main
-    args = ["--checkpoint", str(files["root"] / "some.json"), "--debug"]
+    args = ["--checkpoint", str(Path(world["r"]) / "some.json"), "--debug"]
     monkeypatch.setattr(sys, "argv", ["tasks.detection.evaluate", *args])
     with pytest.raises(ValueError, match="not a checkpoint"):
         run_cli(lambda: main(args))

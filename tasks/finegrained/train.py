@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg = resolve_config(args)
     output_dir = Path(args.output_dir or "runs/finegrained")
     summary = run_training("finegrained", cfg, output_dir=output_dir, prepare=_prepare, build=_build,
-                           device=args.device, resume=args.resume)
+                           device=args.device, resume=args.resume, resume_anyway=args.resume_anyway)
     metrics = summary.get("metrics", {})
     summary["top1"] = metrics.get("top1", metrics.get("val_top1"))
     return summary

@@ -42,7 +42,7 @@ from typing import Sequence
 import numpy as np
 
 from datasets.geotagged import read_geotagged_csv
-from datasets.io import atomic_write_text
+from datasets.io import atomic_write_text, prepare_output_file
 from tasks.cli import run_cli
 from tasks.geolocation import s2
 
@@ -337,7 +337,12 @@ def read_cells_csv(path: str | os.PathLike) -> Partition:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"cells file not found: {path}")
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as raw:
+            text = raw.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a text file (a cells CSV): byte {e.start} is not UTF-8") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
         missing = [c for c in CELL_COLUMNS if c not in header]
@@ -436,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command: read ``--ann``, build one partition per ``--t-max``, write them, print a summary."""
     args = _parser().parse_args(argv)
     table = read_geotagged_csv(args.ann, id_col=args.id_col, lat_col=args.lat_col, lon_col=args.lon_col)
+    for path in partition_paths(args.out, args.t_max):
+        prepare_output_file(path)
     start = time.perf_counter()
     parts = build_partitions(table.lat, table.lon, t_min=args.t_min, t_max=args.t_max,
                              min_level=args.min_level, max_level=args.max_level)
