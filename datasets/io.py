@@ -13,6 +13,7 @@ files and ``datasets`` is the package every one of them may import without a cyc
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -32,6 +33,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "fsync_dir",
+    "is_user_error",
     "one_line",
     "prepare_output_dir",
     "prepare_output_file",
@@ -245,6 +247,14 @@ def prepare_output_file(path: PathLike, flag: str = "--out") -> Path:
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
 )
+# OSErrors that say the machine's storage refuses the write (full, over quota, read-only): the user's to fix.
+USER_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EROFS) if e is not None)
+
+
+def is_user_error(exc: BaseException, errors: tuple[type[BaseException], ...] = ()) -> bool:
+    """True for an error the user can fix (their input, their disk), false for a bug."""
+    return (isinstance(exc, USER_ERRORS + tuple(errors)) or bool(getattr(exc, "user_error", False))
+            or (isinstance(exc, OSError) and exc.errno in USER_ERRNOS))
 
 
 def one_line(message: str) -> str:
@@ -285,7 +295,7 @@ def run_cli(main: Callable[[], Any], errors: tuple[type[BaseException], ...] = (
     try:
         code = main()
     except Exception as exc:
-        if not (isinstance(exc, USER_ERRORS + tuple(errors)) or getattr(exc, "user_error", False)):
+        if not is_user_error(exc, errors):
             raise
         if "--debug" in sys.argv[1:]:
             raise

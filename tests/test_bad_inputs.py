@@ -659,3 +659,325 @@ def test_debug_shows_the_traceback(world, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["tasks.detection.evaluate", *args])
     with pytest.raises(ValueError, match="not a checkpoint"):
         run_cli(lambda: main(args))
+
+
+# --------------------------------------------------------------------------------------------------
+# an output folder that cannot be written
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """A folder no file can be created in. Permission bits stop everyone but root; as root (containers,
+    CI images) a kernel filesystem that refuses new entries stands in, else the test is skipped."""
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        yield locked
+        locked.chmod(0o700)
+        return
+    probe = Path("/sys/mobilenet-suite-write-probe")
+    try:
+        probe.mkdir()
+    except OSError:
+        yield Path("/sys")
+        return
+    probe.rmdir()
+    pytest.skip("running as root: permission bits do not stop writes, and /sys accepts new entries here")
+
+
+UNWRITABLE_CASES = [
+    ("det-train", DET, DET_DATA.replace("{r}/out_det", "{locked}"), "--output-dir {locked} is not writable"),
+    ("det-predict", "tasks.detection.predict", "--checkpoint {r}/det.pt {img}/good.png --out-dir {locked}",
+     "--out-dir {locked} is not writable"),
+    ("fg-evaluate", "tasks.finegrained.evaluate", "--checkpoint {r}/fg.pt --data-root {dogs} --out-dir {locked}",
+     "--out-dir {locked} is not writable"),
+    ("export", "tasks.export.__main__", "--checkpoint {r}/fg.pt --out {locked}/m.onnx", "is not writable"),
+    ("partition", "tasks.geolocation.partition", "--ann {r}/geo.csv --out {locked}/cells.csv --t-min 0 --t-max 3",
+     "is not writable"),
+    ("coco-stats", "eval.coco", "--gt {coco} --dt {r}/dets.json --out {locked}/stats.json", "is not writable"),
+]
+
+
+@pytest.mark.parametrize("command,argv,fragment", [c[1:] for c in UNWRITABLE_CASES],
+                         ids=[c[0] for c in UNWRITABLE_CASES])
+def test_output_folder_that_cannot_be_written(command, argv, fragment, world, unwritable, monkeypatch, capsys):
+    here = {**world, "locked": str(unwritable)}
+    monkeypatch.chdir(world["r"])
+    code, err = run_command(command, argv, here, monkeypatch, capsys)
+    _check_one_error_line(code, err, fragment.format(**here))
+
+
+# --------------------------------------------------------------------------------------------------
+# odd but valid images work; bad ones among good ones are skipped and counted with --skip-bad-images
+
+
+def test_16bit_and_cmyk_images_are_predicted(world, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(world["r"])
+    argv = "--checkpoint {r}/det.pt {img}/grey16.png {img}/cmyk.jpg --out-dir " + str(tmp_path)
+    code, err = run_command("tasks.detection.predict", argv, world, monkeypatch, capsys)
+    assert code == 0, err
+    records = json.loads((tmp_path / "detections.json").read_text())
+    assert [(Path(r["image"]).name, r["width"], r["height"]) for r in records] == [("grey16.png", RES, RES),
+                                                                                  ("cmyk.jpg", RES, RES)]
+
+
+BAD_FILES = ("not_image.jpg", "truncated.jpg", "zero.jpg", "bomb.png", "nope.jpg")
+PREDICTORS = [("tasks.detection.predict", "det.pt", "detections.json"),
+              ("tasks.finegrained.predict", "fg.pt", "predictions.json"),
+              ("tasks.geolocation.predict", "geo.pt", "predictions.json")]
+
+
+@pytest.mark.parametrize("command,checkpoint,written", PREDICTORS, ids=[p[0].split(".")[1] for p in PREDICTORS])
+def test_skip_bad_images_among_good_ones(command, checkpoint, written, world, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(world["r"])
+    files = ["{img}/good.png", *(f"{{img}}/{name}" for name in BAD_FILES), "{img}/cmyk.jpg"]
+    argv = f"--checkpoint {{r}}/{checkpoint} {' '.join(files)} --out-dir {tmp_path}"
+    code, err = run_command(command, argv, world, monkeypatch, capsys)  # without the flag: stops at a bad file
+    _check_one_error_line(code, err, "error: ")
+    assert any(name in err for name in BAD_FILES), err
+    assert not (tmp_path / written).exists()
+    code, err = run_command(command, argv + " --skip-bad-images", world, monkeypatch, capsys)
+    assert code == 0, err
+    report = [line for line in error_lines(err) if line.startswith("skipped ")]
+    assert len(report) == 1 and report[0].startswith(f"skipped {len(BAD_FILES)} bad image(s): "), err
+    assert all(name in report[0] for name in BAD_FILES), report
+    kept = json.loads((tmp_path / written).read_text())
+    assert [Path(r["image"]).name for r in kept] == ["good.png", "cmyk.jpg"]
+
+
+# --------------------------------------------------------------------------------------------------
+# a file that turns bad while training runs (it changed after the scan)
+
+
+def _spoil(path: str | Path) -> None:
+    Path(path).write_bytes(b"\xff\xd8 no longer a JPEG")
+
+
+def _copy_coco(world: dict[str, str], dest: Path) -> tuple[str, str, list[str]]:
+    images = dest / "images"
+    shutil.copytree(world["coco_root"], images)
+    return str(images), world["coco"], sorted(str(p) for p in images.iterdir())
+
+
+def _train(command: str, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    main = importlib.import_module(command).main
+    monkeypatch.setattr(sys, "argv", [command, *argv])
+    capsys.readouterr()
+    try:
+        run_cli(lambda: main(argv))
+        return 0, capsys.readouterr().err
+    except SystemExit as e:
+        return int(e.code), capsys.readouterr().err
+
+
+def _spoil_after_scan(monkeypatch, cls: type, victim: str) -> None:
+    """``cls.scan_images`` runs as usual, then ``victim`` is overwritten with bytes no decoder takes."""
+    scan = cls.scan_images
+
+    def scan_then_spoil(self, *args, **kwargs):
+        out = scan(self, *args, **kwargs)
+        if victim in getattr(self, "skipped").paths:
+            _spoil(victim)
+        return out
+
+    monkeypatch.setattr(cls, "scan_images", scan_then_spoil)
+
+
+def _spoil_after_first_checkpoint(monkeypatch, victim: str) -> None:
+    import tasks.engine
+
+    save = tasks.engine.save_checkpoint
+
+    def save_then_spoil(path, obj):
+        out = save(path, obj)
+        if Path(path).name == "last.pt":
+            _spoil(victim)
+        return out
+
+    monkeypatch.setattr(tasks.engine, "save_checkpoint", save_then_spoil)
+
+
+TINY_DET = ["--resolution", "64", "--alpha", "0.25", "--batch-size", "4", "--device", "cpu"]
+TINY_ATTR = ["--resolution", "32", "--alpha", "0.25", "--batch-size", "5", "--device", "cpu"]
+
+
+def test_detection_image_spoiled_mid_run_is_skipped_counted_and_named(world, tmp_path, monkeypatch, capsys):
+    from datasets.coco import CocoDetection
+
+    images, ann, files = _copy_coco(world, tmp_path)
+    _spoil_after_scan(monkeypatch, CocoDetection, files[1])
+    out = tmp_path / "run"
+    argv = ["--data-root", images, "--ann", ann, "--epochs", "1", "--skip-bad-images", "--output-dir", str(out),
+            *TINY_DET]
+    code, err = _train("tasks.detection.train", argv, monkeypatch, capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bad_images_skipped"] == 1
+    assert len(summary["bad_images"]) == 1 and files[1] in summary["bad_images"][0]
+
+
+def test_detection_image_spoiled_mid_run_stops_naming_it(world, tmp_path, monkeypatch, capsys):
+    from tasks.checkpoint import load_checkpoint
+
+    images, ann, files = _copy_coco(world, tmp_path)
+    _spoil_after_first_checkpoint(monkeypatch, files[2])
+    out = tmp_path / "run"
+    argv = ["--data-root", images, "--ann", ann, "--epochs", "2", "--output-dir", str(out), *TINY_DET]
+    code, err = _train("tasks.detection.train", argv, monkeypatch, capsys)
+    _check_one_error_line(code, err, f"cannot decode image {files[2]}")
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1  # the last good checkpoint, readable
+    assert not (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_classifier_image_spoiled_mid_run_skipped_or_named(workers, world, tmp_path, monkeypatch, capsys):
+    """Attribute training (an ImageFiles task); with a DataLoader worker the skip is met in that process."""
+    from datasets.images import ImageFiles
+
+    images = tmp_path / "celeb"
+    shutil.copytree(world["celeb"], images)
+    victim = str(images / "000003.png")
+    base = ["--data-root", str(images), "--ann", str(Path(world["r"]) / "attrs.csv"), "--epochs", "2",
+            "--workers", str(workers), *TINY_ATTR]
+    with monkeypatch.context() as m:
+        _spoil_after_scan(m, ImageFiles, victim)
+        out = tmp_path / "skip"
+        code, err = _train("tasks.attributes.train", [*base, "--skip-bad-images", "--output-dir", str(out)], m, capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bad_images_skipped"] == 1 and victim in summary["bad_images"][0], summary["bad_images"]
+
+    shutil.copy(Path(world["celeb"]) / "000003.png", victim)
+    with monkeypatch.context() as m:
+        _spoil_after_first_checkpoint(m, victim)
+        out = tmp_path / "stop"
+        code, err = _train("tasks.attributes.train", [*base, "--output-dir", str(out)], m, capsys)
+    _check_one_error_line(code, err, f"cannot decode image {victim}")
+
+
+def test_skipped_images_seen_by_workers_reach_the_main_process(world, tmp_path):
+    from torch.utils.data import DataLoader
+
+    from datasets.images import ImageFiles, build_image_transform
+
+    folder = tmp_path / "imgs"
+    shutil.copytree(world["celeb"], folder)
+    ds = ImageFiles.from_folder(folder, build_image_transform(RES), skip_bad_images=True)
+    assert ds.scan_images() == [] and ds.skipped.files() == []
+    _spoil(folder / "000002.png")
+    _spoil(folder / "000005.png")
+    served = [int(i) for b in DataLoader(ds, batch_size=2, num_workers=2) for i in b["index"]]
+    assert len(served) == len(ds) and 1 not in served and 4 not in served
+    assert [f.split()[3] for f in ds.skipped.files()] == [str(folder / "000002.png"), str(folder / "000005.png")]
+
+
+# --------------------------------------------------------------------------------------------------
+# nothing half-written: a write that fails part-way leaves the previous file whole
+
+
+def _no_temp_files(folder: Path) -> bool:
+    return not [p for p in folder.iterdir() if p.name.startswith(".") and (".tmp" in p.name or "tmpdir" in p.name)]
+
+
+def _disk_full() -> OSError:
+    import errno
+
+    return OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_checkpoint_write_failing_part_way_keeps_the_last_one(world, tmp_path, monkeypatch, capsys):
+    from tasks.checkpoint import load_checkpoint
+
+    real_save, calls = torch.save, []
+
+    def torn_save(obj, f, *args, **kwargs):  # the third checkpoint (epoch 2's last.pt) dies half-written
+        calls.append(1)
+        if len(calls) < 3:
+            return real_save(obj, f, *args, **kwargs)
+        import io
+
+        buf = io.BytesIO()
+        real_save(obj, buf, *args, **kwargs)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        raise _disk_full()
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(torch, "save", torn_save)
+    argv = ["--data-root", world["celeb"], "--ann", str(Path(world["r"]) / "attrs.csv"), "--epochs", "2",
+            "--output-dir", str(out), *TINY_ATTR]
+    code, err = _train("tasks.attributes.train", argv, monkeypatch, capsys)
+    _check_one_error_line(code, err, "No space left on device")
+    monkeypatch.undo()
+    assert len(calls) == 3
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert _no_temp_files(out)
+
+
+def _torn_fsync(monkeypatch) -> None:
+    """The next atomic write gets its bytes into the temp file, torn to half, and then the disk is full."""
+    import datasets.io
+
+    def torn(path):
+        data = Path(path).read_bytes()
+        Path(path).write_bytes(data[: len(data) // 2])
+        raise _disk_full()
+
+    monkeypatch.setattr(datasets.io, "_fsync_file", torn)
+
+
+def test_export_failing_part_way_keeps_the_previous_graph(world, tmp_path, monkeypatch, capsys):
+    import onnx
+
+    out = tmp_path / "deploy" / "m.onnx"
+    argv = f"--checkpoint {{r}}/fg.pt --out {out}"
+    code, err = run_command("tasks.export.__main__", argv, world, monkeypatch, capsys)
+    assert code == 0, err
+    before = out.read_bytes()
+    _torn_fsync(monkeypatch)
+    code, err = run_command("tasks.export.__main__", argv + " --resolution 48", world, monkeypatch, capsys)
+    _check_one_error_line(code, err, "No space left on device")
+    assert out.read_bytes() == before
+    onnx.checker.check_model(str(out))
+    assert _no_temp_files(out.parent)
+
+
+def test_partition_failing_part_way_keeps_the_previous_cells(world, tmp_path, monkeypatch, capsys):
+    from tasks.geolocation.partition import read_cells_csv
+
+    out = tmp_path / "cells.csv"
+    argv = f"--ann {{r}}/geo.csv --out {out} --t-min 0"
+    code, err = run_command("tasks.geolocation.partition", argv + " --t-max 3", world, monkeypatch, capsys)
+    assert code == 0, err
+    before = out.read_bytes()
+    _torn_fsync(monkeypatch)
+    code, err = run_command("tasks.geolocation.partition", argv + " --t-max 5", world, monkeypatch, capsys)
+    _check_one_error_line(code, err, "No space left on device")
+    assert out.read_bytes() == before and len(read_cells_csv(out)) > 1
+    assert _no_temp_files(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# end to end: real processes, real exit statuses
+
+
+SUBPROCESS_CASES = [
+    ("predict-not-an-image", ["tasks.detection.predict", "--checkpoint", "{r}/det.pt", "{img}/not_image.jpg"], 2,
+     "not_image.jpg"),
+    ("coco-result-for-unknown-image", ["eval.coco", "--gt", "{coco}", "--dt", "{r}/dets_unknown_image.json"], 2, "777"),
+    ("debug-shows-the-traceback", ["tasks.detection.predict", "--checkpoint", "{r}/det.pt", "{img}/not_image.jpg",
+                                   "--debug"], 1, "Traceback"),
+]
+
+
+@pytest.mark.parametrize("argv,status,fragment", [c[1:] for c in SUBPROCESS_CASES],
+                         ids=[c[0] for c in SUBPROCESS_CASES])
+def test_exit_status_of_a_real_process(argv, status, fragment, world):
+    args = [a.format(**world) for a in argv]
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == status, proc.stderr[-3000:]
+    assert fragment in proc.stderr
+    if status == 2:
+        lines = error_lines(proc.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
