@@ -262,7 +262,8 @@ def read_partition_file(path: str | os.PathLike) -> dict[str, int]:
         with open(path, encoding="utf-8-sig") as f:
             lines = f.read().splitlines()
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not a text file (a list_eval_partition.txt): byte {e.start} is not UTF-8") from None
+        raise ValueError(f"{path} is not a text file (a list_eval_partition.txt): byte {e.start} is not "
+                         "UTF-8") from None
     for lineno, line in enumerate(lines, start=1):
         parts = line.split()
         if not parts:

@@ -29,9 +29,10 @@ constructor only checks that files exist. Decoding errors surface when an image 
   once in the main process, before building the DataLoader: it decodes every image (threaded), drops the
   bad ones from the index and counts them in ``stats``. This is the robust path: the count is exact and
   each image id appears at most once per epoch. As a last resort ``__getitem__`` replaces an image that
-  fails to decode by the next readable one (deterministic); such late skips are counted only in the
-  process that saw them (DataLoader workers hold copies, so their counts never reach the main process)
-  and they duplicate an image within the epoch, so evaluation should always follow a ``scan_images()``.
+  fails to decode by the next readable one (deterministic); such late skips are flagged in ``skipped``
+  (``datasets.images.SkippedImages``, shared with DataLoader workers, so the main process names them in
+  the run's summary; the ``stats`` counters of a worker stay in that worker) and they duplicate an image
+  within the epoch, so evaluation should always follow a ``scan_images()``.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import yaml
 from PIL import Image
 
 from datasets.faces import write_pairs
-from datasets.stanford_dogs import ClassList, read_stanford_dogs
+from datasets.stanford_dogs import read_stanford_dogs
 from datasets.synthetic_dogs import write_mat_list, write_stanford_dogs_layout
 from datasets.synthetic_shapes import write_shapes_dataset
 from tasks.checkpoint import CHECKPOINT_FORMAT, checkpoint_meta, save_checkpoint
@@ -116,7 +116,7 @@ def _write_checkpoints(r: Path, w: dict[str, str]) -> None:
     (r / "zero.pt").write_bytes(b"")
     save_checkpoint(r / "newer.pt", {"model": det.state_dict(), "meta": {**det_meta, "format": CHECKPOINT_FORMAT + 1}})
     save_checkpoint(r / "plain_state.pt", det.state_dict())  # weights without the suite's metadata
-    wider = build_detector("ssd300", len(cats) + 1, alpha=0.5, size=64)  # the metadata of another width over these weights
+    wider = build_detector("ssd300", len(cats) + 1, alpha=0.5, size=64)  # another width's metadata, these weights
     save_checkpoint(r / "other_width.pt", {"model": det.state_dict(),
                                            "meta": {**det_meta, "model": {**det_meta["model"],
                                                                           "args": wider.build_args}}})
@@ -370,7 +370,8 @@ CASES: list[tuple[str, str, str, str]] = [
     ("distill-missing-teacher-file", DISTILL, DISTILL_DATA.replace("teacher.pt", "gone_teacher.pt"),
      "gone_teacher.pt"),
     ("distill-empty-image-folder", DISTILL, "--teacher torchscript:{r}/teacher.pt --data-root {r}/empty", "empty"),
-    ("distill-image-folder-is-a-file", DISTILL, "--teacher torchscript:{r}/teacher.pt --data-root {r}/a_file", "a_file"),
+    ("distill-image-folder-is-a-file", DISTILL, "--teacher torchscript:{r}/teacher.pt --data-root {r}/a_file",
+     "a_file"),
     ("fg-train-missing-root", FG, FG_DATA + " --data-root {r}/gone", "gone"),
     ("fg-train-empty-root", FG, FG_DATA + " --data-root {r}/empty", "empty"),
     ("fg-evaluate-out-dir-is-a-file", "tasks.finegrained.evaluate",
@@ -449,7 +450,8 @@ CASES: list[tuple[str, str, str, str]] = [
      "--pairs {r}/pairs_not_number.txt --data-root {faces} --checkpoint {r}/face.pt", "'two'"),
     ("faces-evaluate-pairs-binary", "tasks.faces.evaluate",
      "--pairs {r}/pairs_binary.txt --data-root {faces} --checkpoint {r}/face.pt", "pairs_binary.txt"),
-    ("faces-train-val-pairs-malformed", FACES, FACES_DATA + " --val-ann {r}/pairs_malformed.txt --val-data-root {faces}",
+    ("faces-train-val-pairs-malformed", FACES,
+     FACES_DATA + " --val-ann {r}/pairs_malformed.txt --val-data-root {faces}",
      "pairs_malformed.txt"),
     ("attr-train-value-not-a-label", ATTR, ATTR_DATA.replace("{r}/attrs.csv", "{r}/attrs_value.csv"), "'yes'"),
     ("attr-train-label-for-missing-image", ATTR, ATTR_DATA.replace("{r}/attrs.csv", "{r}/attrs_missing_image.csv"),
@@ -461,7 +463,8 @@ CASES: list[tuple[str, str, str, str]] = [
      "--checkpoint {r}/attr.pt --data-root {celeb} --ann {r}/list_attr_bad_value.txt", "value '2'"),
     ("attr-evaluate-celeba-count", "tasks.attributes.evaluate",
      "--checkpoint {r}/attr.pt --data-root {celeb} --ann {r}/list_attr_count.txt", "line 1 says 5 images"),
-    ("distill-labels-value", DISTILL, "--teacher torchscript:{r}/teacher.pt --data-root {celeb} --ann {r}/attrs_value.csv",
+    ("distill-labels-value", DISTILL,
+     "--teacher torchscript:{r}/teacher.pt --data-root {celeb} --ann {r}/attrs_value.csv",
      "'yes'"),
     ("fg-train-mat-garbage", FG, FG_DATA + " --data-root {dogs_mat_garbage}", "train_list.mat"),
     ("fg-train-mat-label-out-of-range", FG, FG_DATA + " --data-root {dogs_mat_label}", "99"),
@@ -488,7 +491,8 @@ CASES: list[tuple[str, str, str, str]] = [
     ("det-evaluate-not-a-checkpoint", "tasks.detection.evaluate", "--checkpoint {r}/some.json",
      "some.json is not a checkpoint"),
     ("det-evaluate-checkpoint-of-another-task", "tasks.detection.evaluate",
-     "--checkpoint {r}/face.pt --data-root {coco_root} --ann {coco}", "is a faces checkpoint; this command reads detection"),
+     "--checkpoint {r}/face.pt --data-root {coco_root} --ann {coco}",
+     "is a faces checkpoint; this command reads detection"),
     ("det-evaluate-truncated-checkpoint", "tasks.detection.evaluate", "--checkpoint {r}/truncated.pt",
      "truncated.pt"),
     ("det-predict-zero-byte-checkpoint", "tasks.detection.predict", "--checkpoint {r}/zero.pt {img}/good.png",
@@ -517,8 +521,10 @@ CASES: list[tuple[str, str, str, str]] = [
      "--checkpoint {r}/fg.pt --data-root {geo_root} --ann {r}/geo.csv", "is a finegrained checkpoint"),
     ("geo-predict-newer-format", "tasks.geolocation.predict", "--checkpoint {r}/newer.pt {img}/good.png",
      "checkpoint format"),
-    ("export-not-a-checkpoint", "tasks.export.__main__", "--checkpoint {r}/some.json --out {r}/m.onnx", "not a checkpoint"),
-    ("export-truncated-checkpoint", "tasks.export.__main__", "--checkpoint {r}/truncated.pt --out {r}/m.onnx", "truncated.pt"),
+    ("export-not-a-checkpoint", "tasks.export.__main__", "--checkpoint {r}/some.json --out {r}/m.onnx",
+     "not a checkpoint"),
+    ("export-truncated-checkpoint", "tasks.export.__main__", "--checkpoint {r}/truncated.pt --out {r}/m.onnx",
+     "truncated.pt"),
     ("bench-compare-not-a-checkpoint", "tasks.export.bench", "{r}/gone.onnx --compare {r}/some.json", "gone.onnx"),
     ("backbone-export-weights-not-a-checkpoint", "backbone.export",
      "--alpha 0.25 --resolution 32 --out {r}/m.onnx --weights {r}/some.json", "some.json"),
@@ -746,6 +752,49 @@ def test_skip_bad_images_among_good_ones(command, checkpoint, written, world, tm
     assert [Path(r["image"]).name for r in kept] == ["good.png", "cmyk.jpg"]
 
 
+def test_skip_bad_images_in_an_evaluation_set(world, tmp_path, monkeypatch, capsys):
+    """A corrupt image in a COCO split and in a geotagged list: stops naming it, or is skipped and counted."""
+    images, ann, files = _copy_coco(world, tmp_path / "coco")
+    _spoil(files[0])
+    argv = f"--checkpoint {{r}}/det.pt --data-root {images} --ann {ann} --workers 0 --out-dir {tmp_path / 'det'}"
+    code, err = run_command("tasks.detection.evaluate", argv, world, monkeypatch, capsys)
+    _check_one_error_line(code, err, f"cannot decode image {files[0]}")
+    code, err = run_command("tasks.detection.evaluate", argv + " --skip-bad-images", world, monkeypatch, capsys)
+    assert code == 0, err
+    assert any(line.startswith("skipped 1 bad image(s): ") and files[0] in line for line in error_lines(err)), err
+
+    geo = tmp_path / "geo"
+    shutil.copytree(world["geo_root"], geo)
+    _spoil(geo / "004.png")
+    argv = f"--checkpoint {{r}}/geo.pt --data-root {geo} --ann {{r}}/geo.csv --out-dir {tmp_path / 'geo_out'}"
+    code, err = run_command("tasks.geolocation.evaluate", argv, world, monkeypatch, capsys)
+    _check_one_error_line(code, err, f"cannot decode image {geo / '004.png'}")
+    code, err = run_command("tasks.geolocation.evaluate", argv + " --skip-bad-images", world, monkeypatch, capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "geo_out" / "summary.json").read_text())
+    assert summary["bad_images_skipped"] == 1 and str(geo / "004.png") in summary["bad_images"][0]
+
+
+RESUMED = [("finegrained", FG, "--data-root {dogs} --alpha 0.25 --resolution 32 --device cpu"),
+           ("geolocation", GEO, "--data-root {geo_root} --ann {r}/geo.csv --t-min 0 --t-max 3 --alpha 0.25 "
+                                "--resolution 32 --batch-size 8 --device cpu")]
+
+
+@pytest.mark.parametrize("command,argv", [r[1:] for r in RESUMED], ids=[r[0] for r in RESUMED])
+def test_resume_with_other_settings_is_refused_unless_anyway(command, argv, world, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    base = f"{argv} --output-dir {out}"
+    code, err = run_command(command, base + " --epochs 1", world, monkeypatch, capsys)
+    assert code == 0, err
+    resume = f"{base} --epochs 2 --lr 0.5 --resume {out / 'last.pt'}"
+    code, err = run_command(command, resume, world, monkeypatch, capsys)
+    _check_one_error_line(code, err, "differs from the checkpoint's in train.lr: 0.01 -> 0.5")
+    code, err = run_command(command, resume + " --resume-anyway", world, monkeypatch, capsys)
+    assert code == 0, err
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
 # --------------------------------------------------------------------------------------------------
 # a file that turns bad while training runs (it changed after the scan)
 
@@ -823,7 +872,7 @@ def test_detection_image_spoiled_mid_run_stops_naming_it(world, tmp_path, monkey
     images, ann, files = _copy_coco(world, tmp_path)
     _spoil_after_first_checkpoint(monkeypatch, files[2])
     out = tmp_path / "run"
-    argv = ["--data-root", images, "--ann", ann, "--epochs", "2", "--output-dir", str(out), *TINY_DET]
+    argv = ["--data-root", images, "--ann", ann, "--epochs", "2", "--workers", "0", "--output-dir", str(out), *TINY_DET]
     code, err = _train("tasks.detection.train", argv, monkeypatch, capsys)
     _check_one_error_line(code, err, f"cannot decode image {files[2]}")
     assert load_checkpoint(out / "last.pt")["epoch"] == 1  # the last good checkpoint, readable
