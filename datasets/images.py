@@ -179,7 +179,7 @@ def scan_images(paths: Sequence[str], *, skip_bad_images: bool, num_threads: int
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
         raise ValueError(f"{len(bad)} images cannot be decoded: {listed}{more}; "
                          "pass skip_bad_images=True (--skip-bad-images) to skip them")
-    if bad:
+    if bad and len(bad) < len(paths):  # none readable: the caller stops with an error that says so
         logger.warning("%d bad images skipped (first: %s)", len(bad), next(iter(bad.values())))
     return bad
 

@@ -270,6 +270,9 @@ def _write_geo(r: Path, w: dict[str, str]) -> None:
     parts = first.split(",")
     parts[4] = "95.0"  # lat_mean
     (r / "cells_lat_95.csv").write_text("\n".join([head, ",".join(parts), *rest]) + "\n")
+    far = build_partitions(np.array([70.0, 70.1, -70.0, -70.1]), np.array([10.0, 10.1, -100.0, -100.1]), t_min=0,
+                           t_max=(1,), min_level=1, max_level=4)[0]
+    write_cells_csv(r / "cells_elsewhere.csv", far)  # cells where none of the photos are
 
 
 def build_world(r: Path) -> dict[str, str]:
@@ -285,6 +288,9 @@ def build_world(r: Path) -> dict[str, str]:
     _write_checkpoints(r, w)
     _write_geo(r, w)
     (r / "empty").mkdir()
+    (r / "bad_only").mkdir()
+    shutil.copy(r / "img" / "not_image.jpg", r / "bad_only" / "x.jpg")
+    shutil.copy(r / "img" / "truncated.jpg", r / "bad_only" / "y.jpg")
     (r / "a_folder.onnx").mkdir()
     (r / "a_file").write_text("x")
     from tasks.faces.search import main as search_main
@@ -583,6 +589,36 @@ CASES: list[tuple[str, str, str, str]] = [
     ("attr-evaluate-nothing-to-score", "tasks.attributes.evaluate", "--data-root {celeb} --ann {r}/attrs.csv",
      "give at least one --checkpoint"),
     ("faces-search-remove-nothing", "tasks.faces.search", "remove --index {r}/gallery_ok", "--identity"),
+    ("det-profile-unknown-backbone", "tasks.detection.profile", "--backbone not_a_net", "not_a_net"),
+    ("det-profile-bad-alpha", "tasks.detection.profile", "--alpha 0", "alpha"),
+    ("fg-profile-no-classes", "tasks.finegrained.profile", "--num-classes 0", "num-classes"),
+    ("geo-profile-missing-config", "tasks.geolocation.profile", "--config {r}/missing.yaml", "missing.yaml"),
+    ("geo-profile-one-cell", "tasks.geolocation.profile", "--cells 1", "--cells"),
+    ("synthetic-identities-out-is-a-file", "datasets.synthetic_identities", "--out {r}/a_file", "a_file"),
+    ("synthetic-faces-cache-is-a-file", "datasets.synthetic_faces", "--cache-dir {r}/a_file --num-labeled 1 "
+     "--num-unlabeled 1 --num-val 1", "a_file"),
+    ("synthetic-geotagged-no-images", "datasets.synthetic_geotagged", "--num-train 0", "num_train"),
+    ("faces-search-build-index-is-a-file", "tasks.faces.search",
+     "build --index {r}/a_file --images {faces} --checkpoint {r}/face.pt", "a_file"),
+    ("faces-search-query-k-zero", "tasks.faces.search",
+     "query --index {r}/gallery_ok --checkpoint {r}/face.pt {img}/good.png -k 0", "-k"),
+    ("export-calib-all-bad", "tasks.export.__main__",
+     "--checkpoint {r}/fg.pt --out {r}/exp2/m.onnx --int8 --calib-images {r}/bad_only", "bad_only"),
+    ("distill-teacher-unknown-timm", DISTILL, "--teacher timm:not_a_net --data-root {celeb}", "not_a_net"),
+    ("distill-teacher-not-torchscript", DISTILL, "--teacher torchscript:{r}/det.pt --data-root {celeb}", "det.pt"),
+    ("distill-teacher-onnx-not-a-graph", DISTILL, "--teacher onnx:{r}/some.json --data-root {celeb}", "some.json"),
+    ("distill-teacher-unknown-kind", DISTILL, "--teacher pickle:{r}/det.pt --data-root {celeb}", "pickle"),
+    ("attr-evaluate-teacher-not-torchscript", "tasks.attributes.evaluate",
+     "--teacher torchscript:{r}/det.pt --data-root {celeb} --ann {r}/attrs.csv", "det.pt"),
+    ("fg-evaluate-unknown-split", "tasks.finegrained.evaluate", "--checkpoint {r}/fg.pt --data-root {dogs} --split dev",
+     "dev"),
+    ("geo-train-cells-of-elsewhere", GEO, GEO_DATA + " --cells {r}/cells_elsewhere.csv", "cells_elsewhere.csv"),
+    ("det-train-arch-at-tiny-size", DET, DET_DATA + " --arch faster_rcnn600 --resolution 8", "8"),
+    ("det-train-batch-size-zero", DET, DET_DATA + " --batch-size 0", "batch_size"),
+    ("faces-train-threads-zero", FACES, FACES_DATA + " --threads 0", "--threads"),
+    ("faces-train-teacher-missing", FACES, FACES_DATA + " --teacher torchscript:{r}/gone_teacher.pt",
+     "gone_teacher.pt"),
+    ("coco-segm-without-masks", "eval.coco", "--gt {coco} --dt {r}/dets.json --iou-type segm", "segm"),
     # ---- devices ---------------------------------------------------------------------------------
     ("det-train-device-mps", DET, DET_DATA + " --device mps", "mps"),
     ("det-evaluate-device-nonsense", "tasks.detection.evaluate", "--checkpoint {r}/det.pt --device gpu0", "gpu0"),
