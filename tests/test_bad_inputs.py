@@ -7,6 +7,12 @@ real ``checkpoint_meta`` / ``save_checkpoint`` path, never by training). Every r
 ``main`` in this process through the one ending the ``python -m`` entry points use (``run_cli``), which
 costs no interpreter start and no second torch import; a few rows at the end run real subprocesses to hold
 the exit status and the traceback rule end to end.
+
+After the table: output folders that cannot be written (as root too), odd but valid images, bad files among
+good ones with and without ``--skip-bad-images`` (predict and evaluate commands), an image that turns bad while a
+training run is under way (detection, and attribute training with a DataLoader worker: skipped, counted and
+named in ``summary.json``, or the run stops naming it with the last checkpoint intact), ``--resume`` with other
+settings, and writes that fail part-way (a checkpoint, an export, a partition) leaving the previous file whole.
 """
 from __future__ import annotations
 
@@ -693,6 +699,13 @@ def test_device_cuda_without_cuda(command, argv, fragment, world, monkeypatch, c
     monkeypatch.chdir(world["r"])
     code, err = run_command(command, argv, world, monkeypatch, capsys)
     _check_one_error_line(code, err, fragment.format(**world))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (checks a GPU index beyond this machine's)")
+def test_device_index_beyond_the_gpus(world, monkeypatch, capsys):
+    argv = f"--checkpoint {{r}}/det.pt {{img}}/good.png --device cuda:{torch.cuda.device_count()}"
+    code, err = run_command("tasks.detection.predict", argv, world, monkeypatch, capsys)
+    _check_one_error_line(code, err, f"this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def test_debug_shows_the_traceback(world, monkeypatch):
