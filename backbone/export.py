@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from datasets.io import atomic_path, run_cli
+from datasets.io import atomic_path, one_line, prepare_output_file, run_cli
 
 from .mobilenet_v1 import ACTIVATIONS, MIN_INPUT_SIZE, mobilenet_v1
 from .pretrained import load_pretrained
@@ -179,10 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_resolution(args.resolution)
+    prepare_output_file(args.out)
     model = mobilenet_v1(args.alpha, num_classes=args.num_classes, act=args.act)
     if args.weights:
         load_pretrained(model, args.weights)
-    model.to(args.device).eval()
+    try:
+        model.to(args.device).eval()
+    except (RuntimeError, AssertionError) as e:  # a device torch knows but this machine lacks
+        raise ValueError(f"--device {args.device}: not available here ({one_line(str(e))[:120]})") from None
     path = export_onnx(model, args.out, args.resolution, dynamic_batch=args.dynamic_batch)
     got, expected = _outputs(model, path, args.resolution, None, 0)
     diff = float(np.max(np.abs(got - expected)))

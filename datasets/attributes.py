@@ -177,6 +177,8 @@ def read_attribute_file(path: str | os.PathLike, *, fmt: str | None = None) -> A
             no rows.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"attribute label file {path} is a folder; give the label file inside it")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"attribute label file not found: {path}")
     try:
@@ -256,14 +258,19 @@ def read_partition_file(path: str | os.PathLike) -> dict[str, int]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"partition file not found: {path}")
     out: dict[str, int] = {}
-    with open(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
-                raise ValueError(f"{path}, line {lineno}: expected '<image> 0|1|2', got {line.strip()!r}")
-            out[parts[0]] = int(parts[1])
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a text file (a list_eval_partition.txt): byte {e.start} is not "
+                         "UTF-8") from None
+    for lineno, line in enumerate(lines, start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+            raise ValueError(f"{path}, line {lineno}: expected '<image> 0|1|2', got {line.strip()!r}")
+        out[parts[0]] = int(parts[1])
     return out
 
 

@@ -109,6 +109,8 @@ def build_once(root: str | os.PathLike, marker: Mapping[str, Any], writer: Write
         ``root`` as a ``Path``.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():  # a user's file is never replaced by a dataset
+        raise NotADirectoryError(f"{root} is a file, not a dataset folder; choose another folder")
     if not force and is_complete(root, marker):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -143,5 +145,8 @@ def ensure_cached(name: str, params: Mapping[str, Any], writer: Writer, *, versi
     """
     if not name or os.sep in name or name.startswith("."):
         raise ValueError(f"cache name must be a plain folder name, got {name!r}")
-    root = Path(cache_dir or default_cache_dir()) / f"{name}-v{version}-{cache_key(name, params, version)}"
+    cache = Path(cache_dir or default_cache_dir())
+    if cache.exists() and not cache.is_dir():
+        raise NotADirectoryError(f"cache folder {cache} is a file ({CACHE_ENV} or --cache-dir): give a folder")
+    root = cache / f"{name}-v{version}-{cache_key(name, params, version)}"
     return build_once(root, cache_marker(name, params, version), writer)

@@ -29,9 +29,10 @@ constructor only checks that files exist. Decoding errors surface when an image 
   once in the main process, before building the DataLoader: it decodes every image (threaded), drops the
   bad ones from the index and counts them in ``stats``. This is the robust path: the count is exact and
   each image id appears at most once per epoch. As a last resort ``__getitem__`` replaces an image that
-  fails to decode by the next readable one (deterministic); such late skips are counted only in the
-  process that saw them (DataLoader workers hold copies, so their counts never reach the main process)
-  and they duplicate an image within the epoch, so evaluation should always follow a ``scan_images()``.
+  fails to decode by the next readable one (deterministic); such late skips are flagged in ``skipped``
+  (``datasets.images.SkippedImages``, shared with DataLoader workers, so the main process names them in
+  the run's summary; the ``stats`` counters of a worker stay in that worker) and they duplicate an image
+  within the epoch, so evaluation should always follow a ``scan_images()``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision import tv_tensors
 
-from datasets.images import load_readable, scan_images
+from datasets.images import SkippedImages, load_readable, scan_images
 from datasets.transforms import rescale_boxes
 
 __all__ = ["CocoDetection", "collate_detection", "rescale_boxes", "BACKGROUND"]
@@ -82,6 +83,8 @@ def _require(obj: dict, key: str, where: str) -> Any:
 
 
 def _read_json(ann_file: str) -> dict:
+    if os.path.isdir(ann_file):
+        raise IsADirectoryError(f"annotation file {ann_file} is a folder; give the instances JSON inside it")
     if not os.path.isfile(ann_file):
         raise FileNotFoundError(f"annotation file not found: {ann_file}")
     try:
@@ -273,7 +276,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self._coco = None
         self._records = self._build_records(images, per_image)
         self._paths = [r.path for r in self._records]  # what the image loader indexes
-        self._bad_at_load: set[int] = set()
+        self.skipped = SkippedImages(self._paths, [f"image file not found: {p}" for p in self._missing])
         self.stats["images"] = len(self._records)
         self.stats["boxes"] = sum(len(r.labels) for r in self._records)
         self._log_summary()
@@ -321,6 +324,7 @@ class CocoDetection(torch.utils.data.Dataset):
     def _build_records(self, images: dict[int, dict], per_image: dict[int, list]) -> list[_Record]:
         records: list[_Record] = []
         missing: list[str] = []
+        self._missing: list[str] = []
         for iid, img in images.items():
             path = os.path.join(self.root, img["file_name"])
             if not os.path.exists(path):
@@ -345,6 +349,7 @@ class CocoDetection(torch.utils.data.Dataset):
                 more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
                 raise FileNotFoundError(f"image file not found: {missing[0]}{more}; "
                                         f"pass skip_bad_images=True to skip missing images")
+            self._missing = missing
             self.stats["missing_images"] = len(missing)
             self.stats["bad_images_skipped"] += len(missing)
             logger.warning("%s: %d image files missing, skipped (first: %s)", self.ann_file, len(missing), missing[0])
@@ -407,7 +412,8 @@ class CocoDetection(torch.utils.data.Dataset):
         if bad:
             self._records = [r for i, r in enumerate(self._records) if i not in bad]
             self._paths = [r.path for r in self._records]
-            self._bad_at_load.clear()
+            self.skipped.found += list(bad.values())
+            self.skipped.reset(self._paths)
             self.stats["corrupt_images"] += len(bad)
             self.stats["bad_images_skipped"] += len(bad)
             self.stats["images"] = len(self._records)
@@ -425,9 +431,9 @@ class CocoDetection(torch.utils.data.Dataset):
         return self._make_sample(rec, pil)
 
     def _load(self, index: int) -> tuple[_Record, Image.Image]:
-        before = len(self._bad_at_load)
-        j, pil = load_readable(self._paths, index, self._bad_at_load, skip_bad_images=self.skip_bad_images)
-        late = len(self._bad_at_load) - before
+        before = len(self.skipped)
+        j, pil = load_readable(self._paths, index, self.skipped, skip_bad_images=self.skip_bad_images)
+        late = len(self.skipped) - before
         self.stats["corrupt_images"] += late
         self.stats["bad_images_skipped"] += late
         return self._records[j], pil

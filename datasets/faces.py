@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from datasets.images import IMAGE_EXTENSIONS, build_image_transform, is_image_file, load_rgb_image
+from datasets.images import (IMAGE_EXTENSIONS, SkippedImages, build_image_transform, is_image_file, load_readable,
+                             scan_images)
 from datasets.io import atomic_write_text
 
 __all__ = [
@@ -115,23 +116,55 @@ class IdentityFolder(torch.utils.data.Dataset):
         resolution, center_crop: the input, see :func:`face_transform` (used when ``transform`` is None).
         transform: PIL image -> tensor; default ``face_transform(resolution, center_crop)``.
         min_images: identities with fewer images are left out.
+        skip_bad_images: :meth:`scan_images` drops undecodable files, and one that fails later is replaced
+            by the next readable image (with that image's label); ``datasets.images`` explains the policy.
 
     Attributes:
         samples: the :class:`FaceSample` list.
         identities: sorted identity names; label ``i`` is ``identities[i]``.
         labels: label per sample.
+        skipped: the files left out (``datasets.images.SkippedImages``).
     """
 
     def __init__(self, root: str | os.PathLike, *, resolution: int = 160, center_crop: float = 1.0,
-                 transform: Callable[[Image.Image], torch.Tensor] | None = None, min_images: int = 1):
+                 transform: Callable[[Image.Image], torch.Tensor] | None = None, min_images: int = 1,
+                 skip_bad_images: bool = False):
         self.root = str(root)
-        self.samples = scan_identity_folders(root, min_images=min_images)
-        self.identities = sorted({s.identity for s in self.samples})
-        index = {name: i for i, name in enumerate(self.identities)}
-        self.labels = [index[s.identity] for s in self.samples]
+        self.min_images = min_images
+        self.skip_bad_images = bool(skip_bad_images)
+        self._index(scan_identity_folders(root, min_images=min_images))
+        self.skipped = SkippedImages([s.path for s in self.samples])
         self.resolution = resolution
         self.center_crop = center_crop
         self.transform = transform if transform is not None else face_transform(resolution, center_crop)
+
+    def _index(self, samples: list[FaceSample]) -> None:
+        self.samples = samples
+        self.identities = sorted({s.identity for s in self.samples})
+        index = {name: i for i, name in enumerate(self.identities)}
+        self.labels = [index[s.identity] for s in self.samples]
+
+    def scan_images(self, num_threads: int | None = None, progress: bool = False) -> list[str]:
+        """Decode every image once; drop the undecodable ones (then identities left with fewer than
+        ``min_images``). Call before training.
+
+        Raises:
+            ValueError: naming the bad files, when ``skip_bad_images`` is False.
+        """
+        paths = [s.path for s in self.samples]
+        bad = scan_images(paths, skip_bad_images=self.skip_bad_images, num_threads=num_threads, progress=progress)
+        if bad:
+            kept = [s for i, s in enumerate(self.samples) if i not in bad]
+            counts: dict[str, int] = {}
+            for s in kept:
+                counts[s.identity] = counts.get(s.identity, 0) + 1
+            kept = [s for s in kept if counts[s.identity] >= self.min_images]
+            if not kept:
+                raise ValueError(f"{self.root}: no identity keeps {self.min_images} readable image(s)")
+            self._index(kept)
+            self.skipped.found += list(bad.values())
+            self.skipped.reset([s.path for s in self.samples])
+        return [paths[i] for i in bad]
 
     def augmented(self) -> IdentityFolder:
         """The same images and labels with the training augmentation of :func:`face_transform`."""
@@ -143,7 +176,8 @@ class IdentityFolder(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(load_rgb_image(self.samples[i].path)), self.labels[i]
+        j, pil = load_readable(self.skipped.paths, i, self.skipped, skip_bad_images=self.skip_bad_images)
+        return self.transform(pil), self.labels[j]  # the label of the image served
 
 
 # --------------------------------------------------------------------------------------------------
@@ -201,11 +235,17 @@ def read_pairs(pairs_file: str | os.PathLike, data_root: str | os.PathLike, *, c
         ValueError: a malformed line (the message names file and line number).
     """
     pf, root = Path(pairs_file), Path(data_root)
+    if pf.is_dir():
+        raise IsADirectoryError(f"pairs file {pf} is a folder; give the pairs.txt inside it")
     if not pf.is_file():
         raise FileNotFoundError(f"pairs file not found: {pf}")
     if not root.is_dir():
         raise FileNotFoundError(f"face data root is not a folder: {root}")
-    lines = [(i + 1, ln.split()) for i, ln in enumerate(pf.read_text().splitlines())]
+    try:
+        text = pf.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{pf} is not a text file (an LFW pairs.txt): byte {e.start} is not UTF-8") from None
+    lines = [(i + 1, ln.split()) for i, ln in enumerate(text.splitlines())]
     lines = [(n, f) for n, f in lines if f]
     if not lines:
         raise ValueError(f"{pf} is empty")

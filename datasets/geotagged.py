@@ -337,6 +337,7 @@ class GeotaggedImages(torch.utils.data.Dataset):
         for key, count in self.table.counts.items():  # photos the reader left out (EXIF without a position)
             self.stats[key] = self.stats.get(key, 0) + int(count)
             self.stats["bad_images_skipped"] += int(count)
+        self.skipped = self.images.skipped
 
     def _missing_error(self, names: list[str], image_suffix: str) -> FileNotFoundError:
         missing = [k for k, n in enumerate(names) if not os.path.isfile(os.path.join(self.root, n))]

@@ -25,7 +25,10 @@ search ingest):
 * ``skip_bad_images=True``: missing files are dropped and counted at construction; call the dataset's
   ``scan_images()`` (built on :func:`scan_images`) once in the main process before building DataLoaders
   to decode every file and drop (and count) the bad ones. As a last resort :func:`load_readable` serves
-  the next readable image in place of one that fails to decode, counted in that process only.
+  the next readable image in place of one that fails to decode (a file that changed after the scan).
+  Every dataset keeps a :class:`SkippedImages`, ``dataset.skipped``: the files left out, with the reason,
+  and those that failed later, flagged in shared memory so the main process sees what DataLoader workers
+  met; the training scaffold names them in ``summary.json`` (``bad_images``).
 
 :class:`ImageFiles` serves any list of image files, and :meth:`ImageFiles.from_folder` any folder tree
 of images (recursive, :data:`IMAGE_EXTENSIONS`, hidden files and folders skipped, sorted so the order is
@@ -41,6 +44,7 @@ import io
 import logging
 import os
 import struct
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -56,15 +60,18 @@ __all__ = [
     "IMAGENET_STD",
     "LOAD_ERRORS",
     "CenterSquare",
+    "SkippedImages",
     "ImageDecodeError",
     "ImageFiles",
     "apply_transform",
     "build_image_transform",
+    "drop_unreadable",
     "is_image_file",
     "list_images",
     "load_readable",
     "load_rgb_image",
     "read_exif",
+    "report_skipped",
     "scan_images",
     "split_holdout",
 ]
@@ -212,12 +219,71 @@ def scan_images(paths: Sequence[str], *, skip_bad_images: bool, num_threads: int
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
         raise ValueError(f"{len(bad)} images cannot be decoded: {listed}{more}; "
                          "pass skip_bad_images=True (--skip-bad-images) to skip them")
-    if bad:
+    if bad and len(bad) < len(paths):  # none readable: the caller stops with an error that says so
         logger.warning("%d bad images skipped (first: %s)", len(bad), next(iter(bad.values())))
     return bad
 
 
-def load_readable(paths: Sequence[str], index: int, bad: set[int], *,
+def drop_unreadable(paths: Sequence[str], *, progress: bool = False) -> tuple[list[str], list[str]]:
+    """Decode every file once: (the readable ones in order, a "what is wrong" line per other one).
+
+    What a command given image files does with ``--skip-bad-images``: predict on the rest and report
+    the skipped ones. Without the flag commands decode as they go and stop at the first bad file.
+
+    Raises:
+        ValueError: not one of the files can be decoded.
+    """
+    bad = scan_images(paths, skip_bad_images=True, progress=progress)
+    if paths and len(bad) == len(paths):
+        raise ValueError(f"none of the {len(paths)} image(s) can be decoded: {'; '.join(list(bad.values())[:3])}")
+    return [p for i, p in enumerate(paths) if i not in bad], list(bad.values())
+
+
+def report_skipped(skipped: Sequence[str]) -> None:
+    """The count and the first names of the files a command skipped, on stderr (stdout may be JSON)."""
+    if skipped:
+        more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
+        print(f"skipped {len(skipped)} bad image(s): {'; '.join(skipped[:5])}{more}", file=sys.stderr)
+
+
+class SkippedImages:
+    """The images a dataset left out: before any epoch, and while one ran (shared with DataLoader workers).
+
+    ``found`` lists the files skipped up front (missing at construction, undecodable at the scan) with
+    the reason. A file that breaks later, e.g. replaced after the scan, is met inside whichever process
+    decodes it, often a DataLoader worker whose own counters never reach the main process; so its
+    position is flagged in a shared-memory tensor (inherited by forked workers, handed over by handle
+    to spawned ones), and :meth:`files` in the main process lists it too.
+
+    :func:`load_readable` uses it as its set of bad positions (``in``, ``add``, ``len``).
+    """
+
+    def __init__(self, paths: Sequence[str], found: Sequence[str] = ()) -> None:
+        self.found: list[str] = list(found)
+        self.reset(paths)
+
+    def reset(self, paths: Sequence[str]) -> None:
+        """Positions changed (a scan dropped files): ``paths`` by position, no late skip yet."""
+        self.paths = [str(p) for p in paths]
+        self._late = torch.zeros(max(len(self.paths), 1), dtype=torch.bool).share_memory_()
+
+    def __contains__(self, position: int) -> bool:
+        return bool(self._late[position])
+
+    def add(self, position: int) -> None:
+        self._late[position] = True
+
+    def __len__(self) -> int:
+        """How many positions failed late (not the ``found`` ones)."""
+        return int(self._late.sum())
+
+    def files(self) -> list[str]:
+        """Every skipped file with its reason: the ``found`` ones, then those that failed while being read."""
+        late = sorted({self.paths[j] for j in self._late.nonzero().flatten().tolist() if j < len(self.paths)})
+        return self.found + [f"cannot decode image {p} (it failed after the scan, while being read)" for p in late]
+
+
+def load_readable(paths: Sequence[str], index: int, bad: set[int] | SkippedImages, *,
                   skip_bad_images: bool) -> tuple[int, Image.Image]:
     """``(index, decoded image)``; with ``skip_bad_images``, the next readable image in place of a bad one.
 
@@ -411,8 +477,8 @@ class ImageFiles(torch.utils.data.Dataset):
                 raise ValueError(f"targets has {len(targets)} rows for {len(names)} images")
         full = [os.path.join(self.root, p) if self.root is not None else p for p in names]
         keep = [i for i, p in enumerate(full) if os.path.isfile(p)]
-        if len(keep) < len(full):
-            missing = [full[i] for i in sorted(set(range(len(full))) - set(keep))]
+        missing = [full[i] for i in sorted(set(range(len(full))) - set(keep))]
+        if missing:
             if not self.skip_bad_images:
                 more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
                 raise FileNotFoundError(f"image file not found: {missing[0]}{more}; "
@@ -423,7 +489,7 @@ class ImageFiles(torch.utils.data.Dataset):
         self.names: list[str] = [names[i] for i in keep]
         self.paths: list[str] = [full[i] for i in keep]
         self.targets: np.ndarray | None = targets[keep] if targets is not None else None
-        self._bad_at_load: set[int] = set()
+        self.skipped = SkippedImages(self.paths, [f"image file not found: {p}" for p in missing])
         self.stats["images"] = len(self.paths)
 
     @classmethod
@@ -458,7 +524,7 @@ class ImageFiles(torch.utils.data.Dataset):
         out.paths = [self.paths[i] for i in idx]
         out.targets = self.targets[idx] if self.targets is not None else None
         out.stats = dict(self.stats, images=len(idx))
-        out._bad_at_load = set()
+        out.skipped = SkippedImages(out.paths, self.skipped.found)
         return out
 
     def scan_images(self, num_threads: int | None = None, progress: bool = False) -> list[str]:
@@ -479,7 +545,8 @@ class ImageFiles(torch.utils.data.Dataset):
             self.paths = [self.paths[i] for i in keep]
             if self.targets is not None:
                 self.targets = self.targets[keep]
-            self._bad_at_load.clear()
+            self.skipped.found += list(bad.values())
+            self.skipped.reset(self.paths)
             self.stats["corrupt_images"] += len(bad)
             self.stats["bad_images_skipped"] += len(bad)
             self.stats["images"] = len(self.paths)
@@ -492,9 +559,9 @@ class ImageFiles(torch.utils.data.Dataset):
         n = len(self.paths)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} images")
-        before = len(self._bad_at_load)
-        j, pil = load_readable(self.paths, index % n, self._bad_at_load, skip_bad_images=self.skip_bad_images)
-        late = len(self._bad_at_load) - before
+        before = len(self.skipped)
+        j, pil = load_readable(self.paths, index % n, self.skipped, skip_bad_images=self.skip_bad_images)
+        late = len(self.skipped) - before
         self.stats["corrupt_images"] += late
         self.stats["bad_images_skipped"] += late
         sample: dict[str, Any] = {"image": apply_transform(pil, self.transform), "index": j}

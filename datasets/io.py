@@ -13,11 +13,13 @@ files and ``datasets`` is the package every one of them may import without a cyc
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -31,6 +33,10 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "fsync_dir",
+    "is_user_error",
+    "one_line",
+    "prepare_output_dir",
+    "prepare_output_file",
     "remove_dir",
 ]
 
@@ -190,6 +196,49 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
 
 
 # --------------------------------------------------------------------------------------------
+# Where a command writes: checked before any work is done
+# --------------------------------------------------------------------------------------------
+
+
+def prepare_output_dir(path: PathLike, flag: str = "--out-dir") -> Path:
+    """Create ``path`` (with its parents) and make sure files can be written into it, before any work.
+
+    A command calls this first, so a bad ``--out-dir`` fails in a second, naming the flag, and not after
+    minutes of evaluation. Writability is tried, not inferred from permission bits: root ignores those,
+    while a read-only mount or a kernel filesystem refuses even root.
+
+    Raises:
+        ValueError: ``path`` is a file, a parent is a file, or the folder cannot be created or written.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{flag} {p} is a file, not a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        above = next((q for q in p.parents if q.exists() and not q.is_dir()), None)
+        raise ValueError(f"{flag} {p}: cannot create the folder, {above or 'a parent'} is a file") from None
+    except OSError as e:
+        raise ValueError(f"{flag} {p}: cannot create the folder ({e.strerror or e}); choose another one") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"{flag} {p} is not writable ({e.strerror or e}); choose another folder") from None
+    return p
+
+
+def prepare_output_file(path: PathLike, flag: str = "--out") -> Path:
+    """The same check for a file a command will write: not a folder, and its folder writable."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{flag} {p} is a folder; give a file name (e.g. {p / 'out'})")
+    prepare_output_dir(p.parent, f"{flag} {p}: folder")
+    return p
+
+
+# --------------------------------------------------------------------------------------------
 # The ending of every command
 # --------------------------------------------------------------------------------------------
 
@@ -198,10 +247,42 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
 )
+# OSErrors that say the machine's storage refuses the write (full, over quota, read-only): the user's to fix.
+USER_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EROFS) if e is not None)
+
+
+def is_user_error(exc: BaseException, errors: tuple[type[BaseException], ...] = ()) -> bool:
+    """True for an error the user can fix (their input, their disk), false for a bug."""
+    return (isinstance(exc, USER_ERRORS + tuple(errors)) or bool(getattr(exc, "user_error", False))
+            or (isinstance(exc, OSError) and exc.errno in USER_ERRNOS))
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line.
+
+    An error raised inside a DataLoader worker reaches the main process as the same exception class
+    holding "Caught X in DataLoader worker process N" and the worker's whole traceback: its last line,
+    the original message, is what the user needs. Any other multi-line text (a library's advice
+    paragraphs) is joined by " | ", blank lines dropped.
+    """
+    lines = [" ".join(line.split()) for line in message.splitlines()]
+    lines = [line for line in lines if line]
+    if len(lines) > 2 and lines[0].startswith("Caught ") and " in DataLoader worker process " in lines[0] \
+            and lines[1].startswith("Original Traceback"):
+        where = lines[0][len("Caught "):].split(" in ", 1)[1].rstrip(".")
+        last = lines[-1]
+        head, sep, rest = last.partition(": ")
+        original = rest if sep and " " not in head else last  # drop "module.ErrorClass: "
+        return f"{original} (in {where})"
+    return " | ".join(lines) or message
 
 
 def run_cli(main: Callable[[], Any], errors: tuple[type[BaseException], ...] = ()) -> None:
     """Run a command's ``main()``: a user error prints one ``error: ...`` line and exits with status 2.
+
+    Exit statuses: 0 done, 2 a user error (one line naming the file, field or value), 1 a bug (Python's
+    traceback; also what a command returns for "ran, but the result fails its check", e.g. an export
+    whose graph does not match PyTorch).
 
     The loaders raise their errors naming the file, field and value, so the message alone says what
     to fix; ``--debug`` on the command line shows the traceback instead. Anything that is not a user
@@ -214,11 +295,11 @@ def run_cli(main: Callable[[], Any], errors: tuple[type[BaseException], ...] = (
     try:
         code = main()
     except Exception as exc:
-        if not (isinstance(exc, USER_ERRORS + tuple(errors)) or getattr(exc, "user_error", False)):
+        if not is_user_error(exc, errors):
             raise
         if "--debug" in sys.argv[1:]:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         raise SystemExit(2) from None
     if isinstance(code, int) and not isinstance(code, bool) and code:
         raise SystemExit(code)

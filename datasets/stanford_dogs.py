@@ -71,7 +71,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from datasets.images import is_image_file, list_images, load_readable, scan_images, split_holdout
+from datasets.images import SkippedImages, is_image_file, list_images, load_readable, scan_images, split_holdout
 
 __all__ = [
     "CROP_MODES",
@@ -775,8 +775,9 @@ class FineGrainedDataset(torch.utils.data.Dataset):
             recs = [r for r in recs if id(r) not in gone]
         self.records: list[ImageRecord] = recs
         self._samples = self._make_samples()
-        self._bad_at_load: set[int] = set()
         self._sync()
+        self.skipped = SkippedImages(self._paths, [f"image file not found: {r.path} (listed in {r.source})"
+                                                   for r in missing])
 
     def _make_samples(self) -> list[_Sample]:
         if self.crop == "none":
@@ -832,10 +833,11 @@ class FineGrainedDataset(torch.utils.data.Dataset):
             new_pos = {old: new for new, old in enumerate(keep)}
             self.records = [self.records[i] for i in keep]
             self._samples = [_Sample(new_pos[s.record], s.box) for s in self._samples if s.record in new_pos]
-            self._bad_at_load.clear()
             self.stats["corrupt_images"] += len(bad)
             self.stats["bad_images_skipped"] += len(bad)
             self._sync()
+            self.skipped.found += list(bad.values())
+            self.skipped.reset(self._paths)
         return [paths[i] for i in bad]
 
     def __len__(self) -> int:
@@ -845,9 +847,9 @@ class FineGrainedDataset(torch.utils.data.Dataset):
         n = len(self._samples)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} samples")
-        before = len(self._bad_at_load)
-        j, pil = load_readable(self._paths, index % n, self._bad_at_load, skip_bad_images=self.skip_bad_images)
-        late = len(self._bad_at_load) - before  # samples, not images, in box mode: a last resort anyway
+        before = len(self.skipped)
+        j, pil = load_readable(self._paths, index % n, self.skipped, skip_bad_images=self.skip_bad_images)
+        late = len(self.skipped) - before  # samples, not images, in box mode: a last resort anyway
         self.stats["corrupt_images"] += late
         self.stats["bad_images_skipped"] += late
         sample = self._samples[j]

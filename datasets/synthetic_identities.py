@@ -30,7 +30,7 @@ from PIL import Image
 from datasets import synthetic_faces as fs
 from datasets.cache import ensure_cached
 from datasets.faces import scan_identity_folders, write_pairs
-from datasets.io import run_cli
+from datasets.io import prepare_output_dir, run_cli
 
 __all__ = ["SYNTH_DEFAULTS", "SYNTH_VERSION", "ensure_synthetic_faces", "main", "write_synthetic_faces"]
 
@@ -201,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = {k: getattr(args, k) for k in SYNTH_DEFAULTS}
     t0 = time.perf_counter()
+    if args.out:
+        prepare_output_dir(args.out, "--out")
     try:
         if args.out:
             paths = write_synthetic_faces(args.out, progress=not args.print_root, **params)

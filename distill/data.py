@@ -46,8 +46,11 @@ def read_class_labels(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
         raise FileNotFoundError(f"label file not found: {path}")
     names: list[str] = []
     labels: list[int] = []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a text file (an image,label CSV): byte {e.start} is not UTF-8") from None
     if not rows or len(rows[0]) != 2:
         raise ValueError(f"{path}: expected a CSV with the header 'image,label'")
     for lineno, row in enumerate(rows[1:], start=2):

@@ -284,7 +284,9 @@ def _load_torchscript(path: str) -> _Loaded:
         try:
             module = torch.jit.load(path, map_location="cpu")
         except (RuntimeError, ValueError) as e:
-            raise ValueError(f"cannot load TorchScript teacher {path}: {e}") from e
+            reason = str(e).split(". This is an internal miniz error", 1)[0]  # drop torch's advice paragraph
+            hint = " (a suite checkpoint is not TorchScript: give torch.jit.save's file)" if "constants.pkl" in reason else ""
+            raise ValueError(f"cannot load TorchScript teacher {path}: {reason}{hint}") from e
     module.eval()
     return _Loaded(run=module, module=module, params=_module_params(module))
 

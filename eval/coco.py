@@ -29,7 +29,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from datasets.io import atomic_write_json, run_cli
+from datasets.io import atomic_write_json, prepare_output_file, run_cli
 from eval.plots import new_figure, save_png
 
 __all__ = [
@@ -455,9 +455,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     """Entry point of ``python -m eval.coco``; returns the stats dict."""
     args = _parse_args(argv)
     for flag in ("out", "plot"):
-        target = getattr(args, flag)
-        if target and not Path(target).resolve().parent.is_dir():
-            raise FileNotFoundError(f"--{flag}: directory of {target!r} does not exist")
+        if getattr(args, flag):
+            prepare_output_file(getattr(args, flag), f"--{flag}")
     result = evaluate_detections(args.gt, args.dt, args.iou_type, verbose=args.verbose, progress=True)
 
     print(f"{args.iou_type} evaluation of {result.num_detections} detections, {len(result.cat_ids)} categories")

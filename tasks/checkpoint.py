@@ -88,13 +88,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"checkpoint {path} holds objects that weights_only loading refuses "
-            f"(only tensors and plain Python values are allowed): {e}"
+            f"(only tensors and plain Python values are allowed): {_unpickler_reason(e)}"
         ) from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {e}") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     return obj
+
+
+def _unpickler_reason(error: BaseException) -> str:
+    """The one line of torch's weights_only refusal that says what was refused (it adds a page of advice)."""
+    text = str(error)
+    for line in text.splitlines():
+        if "WeightsUnpickler error:" in line:
+            reason = line.split("WeightsUnpickler error:", 1)[1].strip()
+            return reason.split(" Please use", 1)[0].strip() or reason
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
 
 
 def to_plain(value: Any, name: str = "value") -> Any:

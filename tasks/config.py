@@ -41,7 +41,10 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML{where}: {what}") from exc
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not a text (YAML) file: {exc}") from exc
     if data is not None and not isinstance(data, Mapping):

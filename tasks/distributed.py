@@ -67,9 +67,19 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device {device!r} is not a valid torch device: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        raise ValueError(f"--device {device!r} is not a device name ({e}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type != "cpu":  # mps, xpu, ...: the backend must be built in and have a device here
+        backend = torch.backends.mps if dev.type == "mps" else getattr(torch, dev.type, None)
+        available = getattr(backend, "is_available", None)
+        if not callable(available) or not available():
+            other = "cpu or cuda" if torch.cuda.is_available() else "cpu"
+            raise ValueError(f"--device {device}: no {dev.type} device on this machine (use --device {other})")
     return dev
 
 

@@ -25,6 +25,7 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.utils.data import Dataset
 
+from datasets.io import prepare_output_dir
 from tasks.checkpoint import atomic_write_text, load_checkpoint, load_model, to_plain
 from tasks.config import config_to_dict
 from tasks.distributed import DistInfo, cleanup_distributed, init_distributed, pick_device, rank_zero_first
@@ -109,9 +110,7 @@ def run_training(
         The summary dict (rank 0 writes it as ``summary.json``; other ranks get the checkpoint paths).
     """
     t0 = time.perf_counter()
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--output-dir {out} is a file, not a folder")
+    out = prepare_output_dir(output_dir, "--output-dir")  # before any data is read
     created = not (torch_dist.is_available() and torch_dist.is_initialized())
     dist = init_distributed(pick_device(device))
     created = created and dist.distributed
@@ -154,8 +153,7 @@ def run_training(
                 report = Report(metrics=dict(job.evaluate_fn(best)))
         summary.update(report.extra)
         summary["metrics"] = report.metrics
-        summary["bad_images_skipped"] = sum(
-            int(getattr(ds, "stats", {}).get("bad_images_skipped", 0)) for ds in (job.train_set, job.val_set) if ds is not None)
+        summary["bad_images_skipped"], summary["bad_images"] = _bad_images(job.train_set, job.val_set)
         summary["plots"] = [str(p) for p in report.plots]
         summary["wall_time_s"] = round(time.perf_counter() - t0, 1)
         atomic_write_text(out / "summary.json", json.dumps(to_plain(summary, "summary"), indent=2) + "\n")
@@ -198,6 +196,29 @@ def _check_resume(path: str | Path, config: dict[str, Any], anyway: bool) -> Non
     print(f"warning: resuming {path} with other settings: {listed}{more}")
 
 
+BAD_IMAGES_LISTED = 1000  # summary.json names at most this many skipped files (the count is exact)
+
+
+def _bad_images(*datasets: Dataset | None) -> tuple[int, list[str]]:
+    """(count, names with reasons) of the images the datasets skipped, up front and during training.
+
+    A dataset's ``skipped`` (``datasets.images.SkippedImages``) also holds the files that failed inside
+    DataLoader workers; a file skipped by a dataset and its held-out part is named once.
+    """
+    named: list[str] = []
+    unnamed = 0
+    for ds in datasets:
+        if ds is None:
+            continue
+        skipped = getattr(ds, "skipped", None)
+        if skipped is not None:
+            named += skipped.files()
+        else:
+            unnamed += int(getattr(ds, "stats", {}).get("bad_images_skipped", 0))
+    named = list(dict.fromkeys(named))
+    return len(named) + unnamed, named[:BAD_IMAGES_LISTED]
+
+
 def resolve_workers(workers: int | None, dist: DistInfo) -> int:
     """``data.workers``; None: 4 on CUDA, 0 on the CPU (workers there compete with the training threads)."""
     if workers is not None:
@@ -218,7 +239,9 @@ def _format(summary: dict[str, Any], report: Report, chosen: Path | None) -> str
         if numbers:
             lines.append("metrics of that checkpoint: " + ", ".join(f"{k} {v:.4g}" for k, v in numbers.items()))
     if summary["bad_images_skipped"]:
-        lines.append(f"skipped {summary['bad_images_skipped']} bad image(s) (the lines above name them)")
+        first = f"; first: {summary['bad_images'][0]}" if summary["bad_images"] else ""
+        lines.append(f"skipped {summary['bad_images_skipped']} bad image(s), named in summary.json "
+                     f"(bad_images){first}")
     for p in report.plots:
         lines.append(f"plot           : {p}")
     lines += [f"summary        : {Path(summary['output_dir']) / 'summary.json'}",

@@ -20,7 +20,8 @@ from typing import Any, Sequence
 from torch.utils.data import DataLoader
 
 from datasets.attributes import AttributeDataset
-from datasets.images import build_image_transform
+from datasets.images import build_image_transform, report_skipped
+from datasets.io import prepare_output_dir
 from distill.teachers import load_teacher
 from eval.attributes import AttributeAP, format_ap_table, mean_average_precision
 from tasks.checkpoint import atomic_write_text, load_model
@@ -70,6 +71,7 @@ def _score(label: str, model: Any, args: argparse.Namespace, device: Any, resolu
         raise ValueError(f"{label} outputs {scores.shape[1]} values per image, {args.ann} has "
                          f"{ds.num_attributes} attributes")
     assert targets is not None
+    report_skipped(ds.skipped.files())
     return mean_average_precision(scores, targets, ds.attribute_names)
 
 
@@ -79,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, AttributeAP]:
         raise ValueError("give at least one --checkpoint or --teacher")
     results: dict[str, AttributeAP] = {}
     device = pick_device(args.device)
+    if args.out_dir:
+        prepare_output_dir(args.out_dir)
     for path in args.checkpoint:
         model, meta = load_model(path, device, task=("attributes", "distill"))
         if meta.get("output", "attributes") != "attributes":

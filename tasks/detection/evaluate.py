@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from datasets.coco import CocoDetection
-from datasets.io import atomic_write_json
+from datasets.images import report_skipped
+from datasets.io import atomic_write_json, prepare_output_dir
 from eval.coco import format_stats, plot_precision_recall
 from tasks.checkpoint import load_checkpoint
 from tasks.cli import run_cli
@@ -60,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise ValueError("--data-root and --ann go together")
     device = pick_device(args.device)
     model, meta = load_detector(args.checkpoint, device)
+    out = prepare_output_dir(args.out_dir or Path(args.checkpoint).parent / "eval")
     root, ann = (args.data_root, args.ann) if args.data_root else _val_split_from_checkpoint(args.checkpoint)
     dataset = CocoDetection(root, ann, transforms_for(model, False), train=False, skip_bad_images=args.skip_bad_images)
     if args.skip_bad_images:
@@ -72,14 +74,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result, detections = evaluate_dataset(
         model, dataset, meta["label_to_cat_id"], batch_size=args.batch_size, device=device, num_workers=args.workers
     )
-    out = Path(args.out_dir or Path(args.checkpoint).parent / "eval")
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "detections.json", detections, indent=None)
     atomic_write_json(out / "stats.json", result.stats)
     plot_precision_recall(result, out / "pr_curve.png")
     print(f"{args.checkpoint} on {ann} ({len(dataset)} images, {len(detections)} detections):")
     print(format_stats(result.stats))
     print(f"wrote {out / 'detections.json'}, {out / 'stats.json'}, {out / 'pr_curve.png'}")
+    report_skipped(dataset.skipped.files())
     return result.stats
 
 

@@ -18,8 +18,8 @@ from torchvision import tv_tensors
 from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 
-from datasets.images import load_rgb_image
-from datasets.io import atomic_write, atomic_write_json
+from datasets.images import drop_unreadable, load_rgb_image, report_skipped
+from datasets.io import atomic_write, atomic_write_json, prepare_output_dir
 from datasets.transforms import rescale_boxes
 from tasks.cli import run_cli
 from tasks.distributed import pick_device
@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_flags(p, batch_size=8)
     add_alias(p, "--out", "--out-dir")
     p.add_argument("--score-thresh", type=float, default=0.3, help="draw and keep detections above this score")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="skip (and count) files that are missing or cannot be decoded; default: stop at the first")
     return p
 
 
@@ -89,10 +91,10 @@ def predict_images(
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = build_parser().parse_args(argv)
     device = pick_device(args.device)
-    records, drawn = predict_images(args.checkpoint, args.images, score_thresh=args.score_thresh, device=device,
+    out = prepare_output_dir(args.out_dir or Path(args.checkpoint).parent / "predict")
+    images, skipped = drop_unreadable(args.images) if args.skip_bad_images else (list(args.images), [])
+    records, drawn = predict_images(args.checkpoint, images, score_thresh=args.score_thresh, device=device,
                                     batch_size=args.batch_size)
-    out = Path(args.out_dir or Path(args.checkpoint).parent / "predict")
-    out.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
     used: set[str] = set()
@@ -112,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     atomic_write_json(out / "detections.json", records)
     total = sum(len(r["detections"]) for r in records)
     print(f"{len(records)} image(s), {total} detection(s) >= {args.score_thresh}; wrote {out / 'detections.json'}")
+    report_skipped(skipped)
     return records
 
 

@@ -12,7 +12,9 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
+from datasets.io import prepare_output_file
 from tasks.cli import run_cli
+from tasks.distributed import pick_device
 from tasks.flags import add_eval_flags
 
 from .core import CALIB_METHODS, export_checkpoint
@@ -43,10 +45,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is None and args.out_dir is None:
         raise ValueError("give --out model.onnx (or --out-dir DIR for DIR/model.onnx)")
     out = Path(args.out) if args.out else Path(args.out_dir) / "model.onnx"
+    if out.suffix == ".onnx":  # the other case is export_checkpoint's to name
+        prepare_output_file(out, "--out")
     report = export_checkpoint(args.checkpoint, out, int8=args.int8, calib_images=args.calib_images,
                                calib_count=args.calib_count, calib_method=args.calib_method, batch=args.batch,
                                resolution=args.resolution, val_data_root=args.val_data_root,
-                               batch_size=args.batch_size, device=args.device or "cpu")
+                               batch_size=args.batch_size, device=str(pick_device(args.device or "cpu")))
     return 0 if report["ok"] else 1
 
 

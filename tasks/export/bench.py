@@ -38,10 +38,13 @@ def graph_input(path: str | os.PathLike) -> tuple[int | None, int]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX file not found: {path}")
-    side = path.with_suffix(".json")
-    if side.is_file():
-        shape = json.loads(side.read_text())["input"]["shape"]
-    else:
+    side, shape = path.with_suffix(".json"), None
+    if side.is_file() and side != path:
+        try:
+            shape = json.loads(side.read_text())["input"]["shape"]
+        except (ValueError, KeyError, TypeError):  # not an export sidecar: the graph itself says
+            shape = None
+    if shape is None:
         try:
             dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
         except Exception as e:  # noqa: BLE001 - any parse failure means "not an ONNX file"
@@ -183,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.target, args.batch = args.graphs[0], args.batch[0]
         print(json.dumps(_worker(args)))
         return 0
+    if args.out:
+        from datasets.io import prepare_output_file
+
+        prepare_output_file(args.out)  # before minutes of timing
     result = bench(args.graphs, batches=args.batch, compare=args.compare, threads=args.threads,
                    warmup=args.warmup, runs=args.runs)
     if args.out:

@@ -57,6 +57,7 @@ class DataConfig:
     synthetic: dict[str, Any] = field(default_factory=dict)  # ensure_synthetic_faces() arguments
     augment: bool = True
     min_images: int = 1
+    skip_bad_images: bool = False  # scan the identity folders once and leave undecodable images out
     workers: int = 0
     eval_batch_size: int = 64
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from datasets.faces import PairList, read_pairs
 from eval.verification import VerificationResult, pair_scores, plot_roc, verification_report
+from datasets.io import prepare_output_dir
 from tasks.checkpoint import atomic_write_text
 from tasks.faces.embed import embed_paths
 from tasks.faces.losses import collapse_score
@@ -76,10 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     pairs = read_pairs(args.pairs, args.data_root)
     model, fp = load_face_model(args.checkpoint, args.device)
+    out = prepare_output_dir(args.out_dir if args.out_dir else Path(args.checkpoint).resolve().parent)
     result, extra = evaluate_pairs(model, pairs, batch_size=args.batch_size, device=args.device,
                                    flip=args.flip, progress=True)
-    out = Path(args.out_dir) if args.out_dir else Path(args.checkpoint).resolve().parent
-    out.mkdir(parents=True, exist_ok=True)
     roc = plot_roc(result, out / "roc.png", title=f"{Path(args.pairs).name}: {Path(args.checkpoint).name}")
     record = {"pairs": str(args.pairs), "data_root": str(args.data_root), "checkpoint": str(args.checkpoint),
               "fingerprint": fp, **result.metrics(), **extra,

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from datasets.faces import scan_identity_folders
 from datasets.images import IMAGE_EXTENSIONS, scan_images
+from datasets.io import prepare_output_dir
 from tasks.cli import run_cli
 from tasks.distributed import pick_device
 from tasks.faces.embed import embed_paths, file_sha256
@@ -143,7 +144,7 @@ def _gallery_items(images: str | None, files: Sequence[str], identity: str | Non
 
 def _cmd_build(args: argparse.Namespace) -> int:
     items = _gallery_items(args.images, [], None)
-    idx_dir = Path(args.index)
+    idx_dir = prepare_output_dir(args.index, "--index")
     if (idx_dir / "gallery.sqlite").exists():
         if args.overwrite:
             import shutil

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--margin", type=float, help="triplet margin (FaceNet alpha)")
     g.add_argument("--embedding-dim", type=int)
     g.add_argument("--images-per-identity", type=int, help="K of the P x K batches (--batch-size = P x K)")
+    g.add_argument("--skip-bad-images", action="store_true", default=None,
+                   help="skip and count undecodable images [data.skip_bad_images]")
     g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is faster on a "
                                                "busy shared machine)")
     add_alias(p, "--val-pairs", "--val-ann")
@@ -83,6 +85,7 @@ _TASK_FLAGS = {
     "images_per_identity": "sampler.images_per_identity", "teacher": "loss.teacher",
     "teacher_input_size": "loss.teacher_input_size", "teacher_mean": "loss.teacher_mean",
     "teacher_std": "loss.teacher_std", "teacher_config": "loss.teacher_config", "loss": "loss.name",
+    "skip_bad_images": "data.skip_bad_images",
 }
 
 
@@ -198,7 +201,9 @@ def _prepare(cfg: FacesConfig, dist: DistInfo) -> tuple[IdentityFolder, PairList
         if cfg.data.val_ann is None:
             cfg.data.val_ann, cfg.data.val_root = paths["pairs"], paths["test"]
     train = IdentityFolder(cfg.data.root, resolution=cfg.model.resolution, center_crop=cfg.model.center_crop,
-                           min_images=cfg.data.min_images)
+                           min_images=cfg.data.min_images, skip_bad_images=cfg.data.skip_bad_images)
+    if cfg.data.skip_bad_images:
+        train.scan_images(progress=dist.is_main)
     pairs = read_pairs(cfg.data.val_ann, cfg.data.val_root) if cfg.data.val_ann else None
     if pairs is not None:
         overlap = {s.path for s in train.samples} & set(pairs.unique_paths())

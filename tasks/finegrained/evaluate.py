@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datasets.images import build_image_transform
-from datasets.io import atomic_write_text
+from datasets.io import atomic_write_text, prepare_output_dir
 from datasets.stanford_dogs import CROP_MODES, ClassList, FineGrainedDataset, open_finegrained, standard_splits
 from tasks.checkpoint import load_model, to_plain
 from tasks.cli import run_cli
@@ -75,16 +75,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.skip_bad_images:
         ds.scan_images(progress=True)
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
-    out = Path(args.out_dir) if args.out_dir else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise ValueError(f"--out-dir {out} is a file, not a folder")
+    out = prepare_output_dir(args.out_dir) if args.out_dir else None
     score = score_split(model, loader, names, device, progress=True,
                         plot_path=out / "confusion.png" if out else None,
                         title=f"{args.split} confusion, {Path(args.checkpoint).name}")
     summary: dict[str, Any] = {"checkpoint": str(args.checkpoint), "data_root": str(args.data_root),
                                "split": args.split, "samples": len(ds), "metrics": score.metrics,
                                "most_confused": score.pairs,
-                               "bad_images_skipped": int(ds.stats.get("bad_images_skipped", 0))}
+                               "bad_images_skipped": int(ds.stats.get("bad_images_skipped", 0)),
+                               "bad_images": ds.skipped.files()}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         probs = torch.softmax(torch.from_numpy(score.scores), dim=1)

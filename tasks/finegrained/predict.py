@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
-from datasets.images import ImageFiles, build_image_transform
-from datasets.io import atomic_write_text
+from datasets.images import ImageFiles, build_image_transform, drop_unreadable, report_skipped
+from datasets.io import atomic_write_text, prepare_output_dir
 from tasks.checkpoint import load_model
 from tasks.classifier import predict_outputs
 from tasks.cli import run_cli
@@ -34,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="skip (and count) files that are missing or cannot be decoded; default: stop at the first")
     return p
 
 
@@ -44,11 +45,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: must be >= 1")
     device = pick_device(args.device)
+    out = prepare_output_dir(args.out_dir) if args.out_dir else None
     model, meta = load_model(args.checkpoint, device, task="finegrained")
     names = list(meta["labels"])
     pre = meta["preprocess"]
     tf = build_image_transform(int(pre["resolution"]), mean=pre["mean"], std=pre["std"])
-    files = ImageFiles([str(p) for p in args.images], tf)  # a missing file raises FileNotFoundError naming it
+    images, skipped = drop_unreadable(args.images) if args.skip_bad_images else (list(args.images), [])
+    files = ImageFiles([str(p) for p in images], tf)  # a missing file raises FileNotFoundError naming it
     scores, _, indices = predict_outputs(model, DataLoader(files, batch_size=args.batch_size), device)
     probs = torch.softmax(torch.from_numpy(scores), dim=1)
     k = min(args.top_k, len(names))
@@ -63,10 +66,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             print(r["image"])
             for j, t in enumerate(r["top"], 1):
                 print(f"  {j}. {t['label']:<28s} {100 * t['prob']:5.1f}%")
-    if args.out_dir:
-        out = Path(args.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         atomic_write_text(out / "predictions.json", json.dumps(results, indent=2) + "\n")
+    report_skipped(skipped)
     return results
 
 

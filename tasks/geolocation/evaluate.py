@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from datasets.geotagged import GeotaggedImages, geotagged_dataset, read_locations
 from datasets.images import build_image_transform
+from datasets.io import prepare_output_dir
 from eval.geolocation import format_geolocation_table, geolocation_metrics, plot_error_cdf
 from eval.plots import new_figure, save_png
 from tasks.checkpoint import atomic_write_text, load_model
@@ -102,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = pick_device(args.device)
+    out = prepare_output_dir(args.out_dir) if args.out_dir else None
     model, meta = load_model(args.checkpoint, device, task="geolocation")
     decoder = CellDecoder.from_meta(meta)
     pre = meta["preprocess"]
@@ -121,12 +123,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"{args.checkpoint} on {len(ds)} photos of {source}; share located within")
     print(format_geolocation_table({"checkpoint": ours, "most populous cell": base}))
     summary: dict[str, Any] = {"checkpoint": str(args.checkpoint), "ann": str(source), "metrics": ours,
-                               "baseline": base, "bad_images_skipped": int(ds.stats.get("bad_images_skipped", 0))}
-    if args.out_dir:
-        out = Path(args.out_dir)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out-dir {out} is a file, not a folder")
-        out.mkdir(parents=True, exist_ok=True)
+                               "baseline": base, "bad_images_skipped": int(ds.stats.get("bad_images_skipped", 0)),
+                               "bad_images": ds.skipped.files() if hasattr(ds, "skipped") else []}
+    if out is not None:
         plat, plon = decoder.lat[labels], decoder.lon[labels]
         atomic_write_text(out / "predictions.csv", _predictions_csv(ds.ids, lat, lon, plat, plon, km,
                                                                      [decoder.tokens[k] for k in labels]))

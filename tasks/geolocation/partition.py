@@ -44,7 +44,7 @@ from typing import Sequence
 import numpy as np
 
 from datasets.geotagged import read_locations
-from datasets.io import atomic_write_text
+from datasets.io import atomic_write_text, prepare_output_file
 from tasks.cli import run_cli
 from tasks.geolocation import s2
 
@@ -339,7 +339,12 @@ def read_cells_csv(path: str | os.PathLike) -> Partition:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"cells file not found: {path}")
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as raw:
+            text = raw.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a text file (a cells CSV): byte {e.start} is not UTF-8") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
         missing = [c for c in CELL_COLUMNS if c not in header]
@@ -446,6 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError("give --ann train.csv, or --data-root naming tar shards (or an image folder with --exif-gps)")
     if args.ann is not None and args.exif_gps:
         raise ValueError("--exif-gps reads an image folder: give it as --data-root, not --ann")
+    for path in partition_paths(args.out, args.t_max):  # a bad output path fails before the work, not after
+        prepare_output_file(path)
     table = read_locations(args.data_root or ".", args.ann, exif_gps=args.exif_gps, id_col=args.id_col,
                            lat_col=args.lat_col, lon_col=args.lon_col, skip_bad_images=args.skip_bad_images,
                            progress=True)

@@ -17,7 +17,8 @@ from typing import Any, Sequence
 
 import torch
 
-from datasets.images import build_image_transform, load_rgb_image
+from datasets.images import build_image_transform, drop_unreadable, load_rgb_image, report_skipped
+from datasets.io import prepare_output_dir, prepare_output_file
 from tasks.checkpoint import atomic_write_text, load_model
 from tasks.cli import run_cli
 from tasks.distributed import pick_device
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--top-k", type=int, default=5, help="cells per image (default 5)")
     p.add_argument("--geojson", help="write the cells as GeoJSON points to this file")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="skip (and count) files that are missing or cannot be decoded; default: stop at the first")
     return p
 
 
@@ -69,7 +72,11 @@ def _geojson(paths: Sequence[str], results: list[list[dict[str, Any]]]) -> dict[
 def main(argv: Sequence[str] | None = None) -> list[list[dict[str, Any]]]:
     args = build_parser().parse_args(argv)
     device = pick_device(args.device)
+    out = prepare_output_dir(args.out_dir) if args.out_dir else None
+    if args.geojson:
+        prepare_output_file(args.geojson, "--geojson")
     model, meta = load_model(args.checkpoint, device, task="geolocation")
+    args.images, skipped = drop_unreadable(args.images) if args.skip_bad_images else (args.images, [])
     results = predict_images(model, meta, args.images, top_k=args.top_k, batch_size=args.batch_size, device=device)
     for path, cells in zip(args.images, results):
         print(path)
@@ -79,11 +86,10 @@ def main(argv: Sequence[str] | None = None) -> list[list[dict[str, Any]]]:
     if args.geojson:
         atomic_write_text(Path(args.geojson), json.dumps(_geojson(args.images, results), indent=1) + "\n")
         print(f"wrote {args.geojson}")
-    if args.out_dir:
-        out = Path(args.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         atomic_write_text(out / "predictions.json", json.dumps(
             [{"image": str(p), "cells": c} for p, c in zip(args.images, results)], indent=1) + "\n")
+    report_skipped(skipped)
     return results
 
 

@@ -157,7 +157,7 @@ class CellLabeled(Dataset):
 
     def __init__(self, base: GeotaggedImages | GeotaggedShards, partitions: Sequence[Partition]) -> None:
         self.base = base
-        self.stats = base.stats
+        self.stats, self.skipped = base.stats, base.skipped
         self.labels = np.stack([p.assign(base.lat, base.lon) for p in partitions], axis=1)
 
     def __len__(self) -> int:
@@ -389,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     output_dir = Path(args.output_dir or "runs/geolocation")
     summary = run_training("geolocation", cfg, output_dir=output_dir,
                            prepare=lambda c, dist: _prepare(c, dist, output_dir), build=_build,
-                           device=args.device, resume=args.resume)
+                           device=args.device, resume=args.resume, resume_anyway=args.resume_anyway)
     summary.update({k: v for k, v in summary.get("metrics", {}).items() if not k.startswith("baseline/")})
     return summary
 
