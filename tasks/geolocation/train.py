@@ -157,7 +157,7 @@ class CellLabeled(Dataset):
 
     def __init__(self, base: GeotaggedImages | GeotaggedShards, partitions: Sequence[Partition]) -> None:
         self.base = base
-        self.stats, self.skipped = base.stats, base.skipped
+        self.stats, self.skipped = base.stats, getattr(base, "skipped", None)  # shards skip while indexing
         self.labels = np.stack([p.assign(base.lat, base.lon) for p in partitions], axis=1)
 
     def __len__(self) -> int:
