@@ -33,7 +33,7 @@ from tasks.flags import add_eval_flags
 from tasks.geolocation.model import CellDecoder
 from tasks.geolocation.train import baseline_distances, evaluate_geolocation
 
-__all__ = ["build_parser", "main", "plot_world"]
+__all__ = ["build_parser", "main", "open_geotagged", "plot_world"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +82,18 @@ def plot_world(lat: np.ndarray, lon: np.ndarray, pred_lat: np.ndarray, pred_lon:
     return save_png(fig, out)
 
 
+def open_geotagged(meta: dict[str, Any], data_root: str, ann: str, *, resolution: int | None = None,
+                   skip_bad_images: bool = False, **columns: Any) -> GeotaggedImages:
+    """The geotagged test photos through the checkpoint's preprocessing (``resolution``: default the
+    checkpoint's); ``columns``: ``id_col``, ``lat_col``, ``lon_col``, ``image_suffix`` of ``GeotaggedImages``."""
+    pre = meta["preprocess"]
+    tf = build_image_transform(int(resolution or pre["resolution"]), mean=pre["mean"], std=pre["std"])
+    ds = GeotaggedImages(ann, data_root, tf, skip_bad_images=skip_bad_images, **columns)
+    if skip_bad_images:
+        ds.scan_images(progress=True)
+    return ds
+
+
 def _predictions_csv(ids: list[str], lat: np.ndarray, lon: np.ndarray, plat: np.ndarray, plon: np.ndarray,
                      km: np.ndarray, tokens: list[str]) -> str:
     buf = io.StringIO()
@@ -100,12 +112,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     device = pick_device(args.device)
     model, meta = load_model(args.checkpoint, device, task="geolocation")
     decoder = CellDecoder.from_meta(meta)
-    pre = meta["preprocess"]
-    tf = build_image_transform(int(pre["resolution"]), mean=pre["mean"], std=pre["std"])
-    ds = GeotaggedImages(args.ann, args.data_root, tf, id_col=args.id_col, lat_col=args.lat_col,
-                         lon_col=args.lon_col, image_suffix=args.image_suffix, skip_bad_images=args.skip_bad_images)
-    if args.skip_bad_images:
-        ds.scan_images(progress=True)
+    ds = open_geotagged(meta, args.data_root, args.ann, id_col=args.id_col, lat_col=args.lat_col,
+                        lon_col=args.lon_col, image_suffix=args.image_suffix, skip_bad_images=args.skip_bad_images)
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
     lat, lon = ds.lat, ds.lon
     ours, km, labels = evaluate_geolocation(model, loader, decoder, lat, lon, device, progress=True)
