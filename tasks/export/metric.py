@@ -8,21 +8,17 @@ ONNX Runtime session behind the PyTorch network's call (a batch tensor in, logit
 for detectors a list of images in, a list of ``{"boxes", "scores", "labels"}`` out), and
 :data:`TASK_METRICS` hands it to each task's scorer:
 
-============== ==================================================== =====================
-task           scorer (what ``python -m tasks.<task>.evaluate`` runs)  ``--val-ann``
-============== ==================================================== =====================
-finegrained    ``finegrained.evaluate.open_split`` + ``scoring.score_split``  optional (CSV); else
-                                                                    Stanford Dogs / class folders
-attributes     ``attributes.evaluate.score_attributes``             label file
-distill        attributes students: as attributes; classification   label file / CSV
-               students: ``distill.data.labelled_class_images`` +
-               ``distill.agreement.label_metric`` (its validation)
-geolocation    ``geolocation.evaluate.open_geotagged`` +            geotagged CSV
-               ``geolocation.train.evaluate_geolocation``
-faces          ``faces.evaluate.evaluate_pairs``                    LFW pairs.txt
-detection      ``detection.evaluate.open_split`` +                  COCO instances json
-               ``detection.inference.evaluate_dataset``
-============== ==================================================== =====================
+* finegrained: ``finegrained.evaluate.open_split`` + ``finegrained.scoring.score_split`` (top-1); labels
+  from ``--val-ann`` (a ``path,label`` CSV) or the folder itself (Stanford Dogs' test split, class folders).
+* attributes: ``attributes.evaluate.score_attributes`` (mean AP); ``--val-ann``: the attribute label file.
+* distill: attribute students as attributes; classification students: ``distill.data.labelled_class_images``
+  + ``distill.agreement.label_metric`` (top-1, as the student's validation); ``--val-ann``: an
+  ``image,label`` CSV. Embedding students have no labelled metric.
+* geolocation: ``geolocation.evaluate.open_geotagged`` + ``geolocation.train.evaluate_geolocation``
+  (GeoScore, accuracy at 1-2500 km); ``--val-ann``: the geotagged CSV.
+* faces: ``faces.evaluate.evaluate_pairs`` (10-fold verification accuracy); ``--val-ann``: LFW pairs.txt.
+* detection: ``detection.evaluate.open_split`` + ``detection.inference.evaluate_dataset`` (COCO AP,
+  pycocotools); ``--val-ann``: the COCO instances json.
 """
 from __future__ import annotations
 
