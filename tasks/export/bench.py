@@ -95,8 +95,8 @@ def random_batch(batch: int, resolution: int) -> np.ndarray:
 
 
 def ort_step(*, path: str, batch: int, resolution: int, threads: int) -> Callable[[], Any]:
-    """ONNX Runtime (CPU) on ``path`` with ``threads`` intra-op threads."""
-    from .verify import session
+    """ONNX Runtime (CPU) on ``path`` with ``threads`` intra-op threads (the worker never loads torch)."""
+    from .runtime import session
 
     sess = session(path, threads=threads)
     feed = {sess.get_inputs()[0].name: random_batch(batch, resolution)}

@@ -36,7 +36,8 @@ from tasks.checkpoint import load_model
 from .data import ImageBatchReader, iter_batches, load_image_folder
 from .graph import ExportError, build_graph, count_batchnorm, fold_batchnorm
 from .metric import ANN_FORMAT, labelled, task_metric
-from .verify import int8_agreement, parity, run_graph, session, split_detections
+from .runtime import run_graph, session
+from .verify import int8_agreement, parity, split_detections
 
 __all__ = ["CALIB_METHODS", "QUANT_OP_TYPES", "export_checkpoint", "parse_batch", "sidecar_path",
            "int8_path", "onnx_op_types"]

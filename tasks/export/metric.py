@@ -33,7 +33,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .verify import run_graph, session, split_detections
+from .runtime import run_graph, session
+from .verify import split_detections
 
 __all__ = ["OrtNetwork", "TASK_METRICS", "TaskScore", "task_metric"]
 
