@@ -651,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "ratio": by[(m, b, f"openvino_{prec}")]["median_ms"] / by[(m, b, f"ort_{prec}")]["median_ms"]}
                  for (m, b, c) in list(by) if c.startswith("openvino_")
                  for prec in [c.split("_")[1]] if (m, b, f"ort_{prec}") in by]
-    machine = f"{info.get('model_name')}, {args.threads} threads"
+    machine = f"{info.get('model_name')}, {args.threads} threads" + (" (quick run: not a measurement)" if q else "")
     result = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": q,
               "machine": info, "threads": args.threads, "load_before": load_before, "load_after": _load(),
               "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
