@@ -127,6 +127,19 @@ def test_ssd_graph_is_torchvisions_postprocess(files):
         assert torch.equal(labels[mine], r["labels"])
 
 
+def test_hierarchical_geolocation_classifier_exports(tmp_path):
+    """geolocation's geo_classifier (one head per partition): its logits side by side, as in PyTorch."""
+    from tasks.geolocation.model import build_geo_classifier, geo_classifier_spec
+
+    spec = geo_classifier_spec(num_cells=[3, 5], alpha=0.25)
+    meta = checkpoint_meta("geolocation", "geo_classifier", spec, resolution=32, mean=MEAN, std=STD)
+    save_checkpoint(tmp_path / "geo.pt", {"model": realistic(build_geo_classifier(**spec)).state_dict(), "meta": meta})
+    report = export_checkpoint(tmp_path / "geo.pt", tmp_path / "m.onnx", say=lambda s: None)
+    assert report["ok"] and report["kind"] == "classifier" and report["parity_fp32_vs_torch"]["max_abs_diff"] <= TOLERANCE
+    got = session(tmp_path / "m.onnx").run(None, {"input": np.zeros((3, 3, 32, 32), dtype=np.float32)})[0]
+    assert got.shape == (3, 8)
+
+
 def test_faster_rcnn_exports_for_batch_one(files, tmp_path):
     report = export_checkpoint(files / "faster_rcnn300.pt", tmp_path / "m.onnx", say=lambda s: None)
     assert report["ok"] and report["batch"] == 1 and report["outputs"] == ["boxes", "scores", "labels"]
