@@ -3,7 +3,9 @@
 ``python benchmarks/backbone.py`` (or ``python -m benchmarks.backbone``) prints a markdown table of
 latency ratios ours / timm (< 1: ours is faster) for eager PyTorch, channels_last PyTorch and ONNX Runtime
 (both models exported the same way), at batch 1 and 32, with ``torch.set_num_threads(2)`` and 2 intra-op
-threads in onnxruntime.
+threads in onnxruntime. The PyTorch rows run in this process; the ONNX Runtime rows run each graph in a
+worker process of its own (``tasks.export.bench.interleaved``): ORT's and torch's thread pools spin after
+a run and slow each other down when they share a process (FIELD_NOTES).
 
 Fairness: both networks are the same architecture (ReLU6, as timm's); ours is loaded with timm's randomly
 initialised weights (converted by ``backbone.convert_timm_mobilenetv1``), so both compute the same numbers
@@ -33,6 +35,7 @@ from tqdm import tqdm
 
 from backbone import convert_timm_mobilenetv1, mobilenet_v1
 from backbone.export import check_onnx, export_onnx
+from tasks.export.bench import Config, interleaved
 
 MODES = ("eager", "channels_last", "onnxruntime")
 EAGER_BUDGET = 1.05  # issue requirement: eager ours/timm <= 1.05
@@ -80,20 +83,6 @@ def torch_runner(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object
     return run
 
 
-def ort_runner(path: Path, x: torch.Tensor, threads: int) -> Callable[[], object]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    feed = {name: x.numpy()}
-    return lambda: session.run(None, feed)
-
-
 def measure(
     mode: str,
     batch: int,
@@ -132,6 +121,23 @@ def measure(
     )
 
 
+def measure_ort(batch: int, paths: dict[str, Path], resolution: int, threads: int, *, rounds: int, inner: int,
+                warmup: int) -> Measurement:
+    """The ONNX Runtime row: each graph in its own worker process, interleaved rounds (the order alternates),
+    ``inner`` calls per graph per round; the ratio is the median of the per-round ratios."""
+    configs = [Config(name, "tasks.export.bench:ort_step", batch, resolution, {"path": str(paths[name])})
+               for name in ("ours", "timm")]
+    res = interleaved(configs, runs=rounds * inner, rounds=rounds, warmup=warmup, threads=threads,
+                      say=lambda line: print(line, file=sys.stderr))
+    failed = [f"{n}: {r['error']}" for n, r in res.items() if "error" in r]
+    if failed:
+        raise RuntimeError("ONNX Runtime worker failed: " + "; ".join(failed))
+    ratios = [a / b for a, b in zip(res["ours"]["round_medians_ms"], res["timm"]["round_medians_ms"])]
+    q = np.percentile(ratios, [25, 75])
+    return Measurement("onnxruntime", batch, res["ours"]["median_ms"], res["timm"]["median_ms"],
+                       statistics.median(ratios), float(q[0]), float(q[1]), len(ratios))
+
+
 def markdown_table(rows: Sequence[Measurement]) -> str:
     lines = [
         "| mode | batch | ours (ms) | timm (ms) | ours / timm (median) | IQR of ratio | rounds |",
@@ -153,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--rounds", type=int, default=60, help="most interleaved rounds at batch 1 (batch >= 8: a sixth)")
     p.add_argument("--min-rounds", type=int, default=6, help="fewest rounds per row, whatever the time budget")
-    p.add_argument("--budget-s", type=float, default=150.0, help="seconds of measuring, shared among the rows")
+    p.add_argument("--budget-s", type=float, default=150.0,
+                   help="seconds of measuring the PyTorch rows, shared among them (ONNX Runtime rows: fixed rounds)")
     p.add_argument("--warmup", type=int, default=10, help="warm-up calls per model at batch 1 (batch >= 8: 1)")
     return p
 
@@ -209,19 +216,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i, (mode, b, max_rounds, inner, weight) in enumerate(tqdm(plans, desc="benchmark rows", file=sys.stderr)):
             torch.manual_seed(b)
             x = torch.randn(b, 3, res, res)
+            warmup = args.warmup if b < 8 else 1  # one call builds the oneDNN/ORT kernels for the new shape
+            if mode == "onnxruntime":  # in worker processes, a fixed number of rounds (no budget)
+                results.append(measure_ort(b, onnx_paths, res, args.threads, rounds=max(args.min_rounds,
+                                           max_rounds // 5), inner=inner * 5, warmup=warmup))
+                continue
             if mode == "eager":
                 fo, ft = torch_runner(ours, x), torch_runner(theirs, x)
-            elif mode == "channels_last":
+            else:
                 xc = x.contiguous(memory_format=torch.channels_last)
                 fo, ft = torch_runner(cl["ours"], xc), torch_runner(cl["timm"], xc)
-            else:
-                fo = ort_runner(onnx_paths["ours"], x, args.threads)
-                ft = ort_runner(onnx_paths["timm"], x, args.threads)
             # this row's share of what is left of the budget
             now = time.perf_counter()
-            share = weight / sum(p[4] for p in plans[i:])
+            share = weight / sum(p[4] for p in plans[i:] if p[0] != "onnxruntime")
             deadline = now + max(0.0, budget_end - now) * share
-            warmup = args.warmup if b < 8 else 1  # one call builds the oneDNN/ORT kernels for the new shape
             results.append(measure(mode, b, fo, ft, min_rounds=args.min_rounds, max_rounds=max_rounds,
                                    inner=inner, warmup=warmup, deadline=deadline))
 

@@ -9,19 +9,26 @@
 
 The paper measures "emulation quality" by the per-attribute cross-entropy averaged over all
 attributes (:func:`emulation_cross_entropy`). Inputs are tensors or arrays of raw outputs.
+:func:`label_metric` is the student's ground-truth metric where labels are known (top-1, mean AP).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.data import IGNORE_INDEX
+from eval.attributes import mean_average_precision
+
 __all__ = [
     "attribute_agreement",
     "emulation_cross_entropy",
+    "label_metric",
     "nearest_neighbor_agreement",
     "teacher_agreement",
     "top1_agreement",
@@ -84,3 +91,20 @@ def emulation_cross_entropy(student_logits: Any, teacher_logits: Any) -> float:
     images and attributes (the paper's emulation quality, footnote 2 of Section 4.5; nats)."""
     s, t = _pair(student_logits, teacher_logits)
     return float(F.binary_cross_entropy_with_logits(s, torch.sigmoid(t)))
+
+
+def label_metric(task: str, outputs: np.ndarray, targets: np.ndarray | None,
+                 names: Sequence[str] | None) -> tuple[str, float, Any] | None:
+    """(name, value, per-attribute ``AttributeAP`` or None) of the ground-truth metric, or None without known
+    labels: mean AP over attributes, or top-1 over the images whose class is known (not ``IGNORE_INDEX``)."""
+    if targets is None:
+        return None
+    if task == "attributes":
+        res = mean_average_precision(outputs, targets, names)
+        return None if math.isnan(res.mean_ap) else ("mean_ap", res.mean_ap, res)
+    if task == "classification":
+        known = targets != IGNORE_INDEX
+        if not known.any():
+            return None
+        return "top1", float((outputs[known].argmax(1) == targets[known]).mean()), None
+    return None

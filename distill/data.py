@@ -30,7 +30,8 @@ from datasets.attributes import align_labels, read_attribute_file
 from datasets.images import ImageFiles
 from tasks.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
-__all__ = ["IGNORE_INDEX", "compute_teacher_outputs", "load_labels_for", "read_class_labels", "teacher_cache"]
+__all__ = ["IGNORE_INDEX", "compute_teacher_outputs", "labelled_class_images", "load_labels_for", "read_class_labels",
+           "teacher_cache"]
 
 IGNORE_INDEX = -100
 
@@ -77,6 +78,13 @@ def read_class_labels(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     if not names:
         raise ValueError(f"{path}: no rows")
     return names, np.asarray(labels, dtype=np.int64)
+
+
+def labelled_class_images(root: str | os.PathLike, ann: str | os.PathLike, transform: Any, *,
+                          skip_bad_images: bool = False) -> ImageFiles:
+    """The images of a classification label CSV (:func:`read_class_labels`) under ``root``, with targets."""
+    names, labels = read_class_labels(ann)
+    return ImageFiles(names, transform, targets=labels, root=root, skip_bad_images=skip_bad_images)
 
 
 def load_labels_for(task: str, path: str, image_names: Sequence[str]) -> tuple[np.ndarray, list[str] | None]:

@@ -37,9 +37,9 @@ from torch.utils.data import DataLoader
 import configs
 from datasets.attributes import AttributeDataset
 from datasets.images import ImageFiles, build_image_transform, list_images, split_holdout
-from distill.agreement import emulation_cross_entropy, teacher_agreement
+from distill.agreement import emulation_cross_entropy, label_metric, teacher_agreement
 from distill.cost import format_millions, student_cost
-from distill.data import IGNORE_INDEX, compute_teacher_outputs, load_labels_for, read_class_labels, teacher_cache
+from distill.data import IGNORE_INDEX, compute_teacher_outputs, labelled_class_images, load_labels_for, teacher_cache
 from distill.losses import (
     attribute_distillation_loss,
     embedding_distillation_loss,
@@ -50,7 +50,7 @@ from distill.losses import (
 from distill.recipe import apply_recipe
 from distill.student import DistillModel
 from distill.teachers import TASKS, Teacher, TeacherOutputError, load_teacher
-from eval.attributes import AttributeAP, format_ap_table, mean_average_precision, plot_ap_bars
+from eval.attributes import AttributeAP, format_ap_table, plot_ap_bars
 from tasks.checkpoint import checkpoint_meta, save_checkpoint
 from tasks.classifier import ClassifierModelConfig, ImageDataConfig, predict_outputs
 from tasks.cli import run_cli
@@ -214,22 +214,6 @@ def _teacher_logits(task: str, output: str, t: Tensor) -> Tensor:
     return torch.log(t.clamp_min(1e-8))
 
 
-def _label_metric(task: str, outputs: np.ndarray, targets: np.ndarray | None,
-                  names: Sequence[str] | None) -> tuple[str, float, AttributeAP | None] | None:
-    """(name, value, per-attribute detail) of the ground-truth metric, or None without known labels."""
-    if targets is None:
-        return None
-    if task == "attributes":
-        res = mean_average_precision(outputs, targets, names)
-        return None if math.isnan(res.mean_ap) else ("mean_ap", res.mean_ap, res)
-    if task == "classification":
-        known = targets != IGNORE_INDEX
-        if not known.any():
-            return None
-        return "top1", float((outputs[known].argmax(1) == targets[known]).mean()), None
-    return None
-
-
 def _emulation_metrics(task: str, s: np.ndarray, t: np.ndarray) -> dict[str, float]:
     st, tt = torch.from_numpy(s), torch.from_numpy(t)
     out = {"teacher_agreement": teacher_agreement(task, st, tt)}
@@ -262,8 +246,7 @@ def _build_data(cfg: DistillConfig) -> tuple[ImageFiles, ImageFiles, list[str] |
                 raise ValueError(f"{d.val_ann} has attributes {val.attribute_names}, {d.ann} has {attr_names}")
             attr_names = val.attribute_names
         elif d.val_ann:
-            vnames, vlabels = read_class_labels(d.val_ann)
-            val = ImageFiles(vnames, eval_tf, targets=vlabels, root=d.val_root, skip_bad_images=d.skip_bad_images)
+            val = labelled_class_images(d.val_root, d.val_ann, eval_tf, skip_bad_images=d.skip_bad_images)
         else:
             val = ImageFiles.from_folder(d.val_root, eval_tf, skip_bad_images=d.skip_bad_images)
     else:
@@ -353,7 +336,7 @@ def _prepare(cfg: DistillConfig, dist: DistInfo, out_dir: Path) -> _Prepared:
             teacher, val, batch_size=cfg.train.batch_size, num_workers=workers, mean=d.mean, std=d.std,
             amp=cfg.train.amp, progress=True, desc="teacher on validation")).numpy()
         teacher_val_s = time.perf_counter() - t0
-        teacher_label = _label_metric(k.task, val_teacher, val.targets, attr_names)
+        teacher_label = label_metric(k.task, val_teacher, val.targets, attr_names)
         if teacher_label is not None:
             say(f"teacher : validation {teacher_label[0]} = {100 * teacher_label[1]:.2f}%")
     cache = None
@@ -415,7 +398,7 @@ def _build(cfg: DistillConfig, p: _Prepared, dist: DistInfo) -> TrainJob:
         s_out, _, idx = predict_outputs(net, val_loader, dist.device, amp=cfg.train.amp)
         timing["student_s"] = time.perf_counter() - t0
         metrics = _emulation_metrics(task, s_out, p.val_teacher[idx])
-        lab = _label_metric(task, s_out, p.val.targets[idx] if p.val.targets is not None else None, p.attr_names)
+        lab = label_metric(task, s_out, p.val.targets[idx] if p.val.targets is not None else None, p.attr_names)
         if lab is not None:
             metrics[lab[0]] = lab[1]
             if lab[2] is not None:  # per-attribute AP next to the mean (NaN = no positive: left out)

@@ -30,7 +30,7 @@ from tasks.cli import run_cli
 from tasks.distributed import pick_device
 from tasks.flags import add_alias
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "score_attributes"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,23 +56,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _score(label: str, model: Any, args: argparse.Namespace, device: Any, resolution: int,
-           mean: Sequence[float], std: Sequence[float], names: list[str] | None) -> AttributeAP:
+def score_attributes(model: Any, data_root: str, ann: str, *, resolution: int, mean: Sequence[float],
+                     std: Sequence[float], names: list[str] | None, device: Any, batch_size: int = 64,
+                     workers: int = 0, skip_bad_images: bool = False, partition: tuple[str, str] | None = None,
+                     label: str = "model") -> AttributeAP:
+    """Mean AP over the attributes of ``ann`` of a model (``nn.Module`` or teacher) fed at ``resolution``.
+
+    Args:
+        names: the attributes the model was trained on (checked against ``ann``'s); None: not checked.
+        partition: (CelebA ``list_eval_partition.txt``, split) to score one split only.
+        label: how the model is named in messages and the progress bar.
+    """
     tf = build_image_transform(resolution, mean=mean, std=std)
-    ds = AttributeDataset(args.data_root, args.ann, tf, skip_bad_images=args.skip_bad_images,
-                          partition=(args.partition, args.split) if args.partition else None)
-    if args.skip_bad_images:
+    ds = AttributeDataset(data_root, ann, tf, skip_bad_images=skip_bad_images, partition=partition)
+    if skip_bad_images:
         ds.scan_images(progress=True)
     if names is not None and names != ds.attribute_names:
-        raise ValueError(f"{label} was trained on attributes {names}, but {args.ann} has {ds.attribute_names}")
-    loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
+        raise ValueError(f"{label} was trained on attributes {names}, but {ann} has {ds.attribute_names}")
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
     scores, targets, _ = predict_outputs(model, loader, device, progress=True, desc=label, mean=mean, std=std)
     if scores.shape[1] != ds.num_attributes:
-        raise ValueError(f"{label} outputs {scores.shape[1]} values per image, {args.ann} has "
+        raise ValueError(f"{label} outputs {scores.shape[1]} values per image, {ann} has "
                          f"{ds.num_attributes} attributes")
     assert targets is not None
     report_skipped(ds.skipped.files())
     return mean_average_precision(scores, targets, ds.attribute_names)
+
+
+def _score(label: str, model: Any, args: argparse.Namespace, device: Any, resolution: int,
+           mean: Sequence[float], std: Sequence[float], names: list[str] | None) -> AttributeAP:
+    return score_attributes(model, args.data_root, args.ann, resolution=resolution, mean=mean, std=std, names=names,
+                            device=device, batch_size=args.batch_size, workers=args.workers,
+                            skip_bad_images=args.skip_bad_images,
+                            partition=(args.partition, args.split) if args.partition else None, label=label)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, AttributeAP]:

@@ -26,7 +26,7 @@ from tasks.flags import add_eval_flags
 from .config import DetectionConfig
 from .inference import evaluate_dataset, load_detector, transforms_for
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "open_split"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +55,19 @@ def _val_split_from_checkpoint(path: str) -> tuple[str, str]:
     return cfg.data.val_root, cfg.data.val_ann
 
 
+def open_split(model: Any, meta: dict[str, Any], root: str, ann: str, *,
+               skip_bad_images: bool = False) -> CocoDetection:
+    """A COCO split resized as ``model.input_spec`` says, its categories checked against the checkpoint's."""
+    dataset = CocoDetection(root, ann, transforms_for(model, False), train=False, skip_bad_images=skip_bad_images)
+    if skip_bad_images:
+        dataset.scan_images(progress=True)
+    known = set(meta["label_to_cat_id"].values())
+    unknown = sorted(set(dataset.cat_ids) - known)
+    if unknown:
+        raise ValueError(f"{ann} has category ids {unknown} that the checkpoint was not trained on ({sorted(known)})")
+    return dataset
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     if bool(args.data_root) != bool(args.ann):
@@ -63,13 +76,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model, meta = load_detector(args.checkpoint, device)
     out = prepare_output_dir(args.out_dir or Path(args.checkpoint).parent / "eval")
     root, ann = (args.data_root, args.ann) if args.data_root else _val_split_from_checkpoint(args.checkpoint)
-    dataset = CocoDetection(root, ann, transforms_for(model, False), train=False, skip_bad_images=args.skip_bad_images)
-    if args.skip_bad_images:
-        dataset.scan_images(progress=True)
-    known = set(meta["label_to_cat_id"].values())
-    unknown = sorted(set(dataset.cat_ids) - known)
-    if unknown:
-        raise ValueError(f"{ann} has category ids {unknown} that the checkpoint was not trained on ({sorted(known)})")
+    dataset = open_split(model, meta, root, ann, skip_bad_images=args.skip_bad_images)
 
     result, detections = evaluate_dataset(
         model, dataset, meta["label_to_cat_id"], batch_size=args.batch_size, device=device, num_workers=args.workers

@@ -7,7 +7,19 @@ Mult-Adds and parameters); this package turns a trained checkpoint into the grap
   calibration images (``data.py``), checks (``verify.py``).
 * ``python -m tasks.export.bench``: median / p90 latency and images/s, each runtime in its own process.
 """
-from .core import export_checkpoint
-from .graph import ExportError
+from typing import Any
 
 __all__ = ["ExportError", "export_checkpoint"]
+
+
+def __getattr__(name: str) -> Any:
+    # lazy: ``python -m tasks.export.bench`` workers that time ONNX Runtime must not load torch
+    if name == "export_checkpoint":
+        from .core import export_checkpoint
+
+        return export_checkpoint
+    if name == "ExportError":
+        from .graph import ExportError
+
+        return ExportError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

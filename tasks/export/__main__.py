@@ -2,7 +2,7 @@
 
     python -m tasks.export --checkpoint runs/x/best.pt --out deploy/model.onnx \\
         [--int8 --calib-images DIR [--calib-count 500] [--calib-method minmax|entropy|percentile]] \\
-        [--batch dynamic|N] [--resolution R] [--val-data-root DIR]
+        [--batch dynamic|N] [--resolution R] [--val-data-root DIR [--val-ann LABELS]]
 
 Exit status 0 when the fp32 graph matches PyTorch within the tolerance, 1 when not, 2 on bad input.
 """
@@ -36,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-method", choices=CALIB_METHODS, default="minmax", help="int8 range calibration")
     p.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size of the graph")
     p.add_argument("--resolution", type=int, help="input side in pixels (default: the checkpoint's)")
-    p.add_argument("--val-data-root", help="images to compare int8 with fp32 on (default: the calibration images)")
+    p.add_argument("--val-data-root", help="images to compare int8 with fp32 on (default: the calibration images); "
+                                           "labelled ones (with --val-ann, or fine-grained class folders / "
+                                           "Stanford Dogs) also give the task's metric of both graphs")
+    p.add_argument("--val-ann", help="labels of --val-data-root in the task's format: COCO instances json "
+                                     "(detection), LFW pairs.txt (faces), attribute file, geotagged CSV, "
+                                     "'path,label' CSV (fine-grained), 'image,label' CSV (distilled classifiers)")
     return p
 
 
@@ -50,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = export_checkpoint(args.checkpoint, out, int8=args.int8, calib_images=args.calib_images,
                                calib_count=args.calib_count, calib_method=args.calib_method, batch=args.batch,
                                resolution=args.resolution, val_data_root=args.val_data_root,
+                               val_ann=args.val_ann,
                                batch_size=args.batch_size, device=str(pick_device(args.device or "cpu")))
     return 0 if report["ok"] else 1
 

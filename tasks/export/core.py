@@ -16,7 +16,8 @@ trained checkpoint becomes the fast thing the paper is about. Steps of :func:`ex
    ``model.int8.onnx``.
 5. Sidecars ``model.json`` (and ``model.int8.json``) beside each graph: input layout, resolution, mean,
    std, output names, labels (detectors: the label -> category id map).
-6. Verification (``tasks.export.verify``), returned and written to ``export.json`` beside the graph.
+6. Verification (``tasks.export.verify``), returned and written to ``export.json`` beside the graph; with a
+   labelled validation set, the task's own metric of the fp32 and int8 graphs (``tasks.export.metric``).
 """
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ from tasks.checkpoint import load_model
 
 from .data import ImageBatchReader, iter_batches, load_image_folder
 from .graph import ExportError, build_graph, count_batchnorm, fold_batchnorm
-from .verify import int8_agreement, parity, run_graph, session, split_detections
+from .metric import ANN_FORMAT, labelled, task_metric
+from .runtime import run_graph, session
+from .verify import int8_agreement, parity, split_detections
 
 __all__ = ["CALIB_METHODS", "QUANT_OP_TYPES", "export_checkpoint", "parse_batch", "sidecar_path",
            "int8_path", "onnx_op_types"]
@@ -139,7 +142,8 @@ def _run_all(sess: Any, images: Any, batch: int, kind: str) -> list[Any]:
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, int8: bool = False,
                       calib_images: str | os.PathLike | None = None, calib_count: int = 500,
                       calib_method: str = "minmax", batch: str | int | None = None, resolution: int | None = None,
-                      val_data_root: str | os.PathLike | None = None, batch_size: int = 8,
+                      val_data_root: str | os.PathLike | None = None, val_ann: str | os.PathLike | None = None,
+                      batch_size: int = 8,
                       device: str = "cpu", say: Callable[[str], None] = print) -> dict[str, Any]:
     """Export ``checkpoint`` to ``out`` (and ``out``'s ``.int8.onnx``), verify, write ``export.json``.
 
@@ -153,7 +157,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
         calib_method: ``minmax``, ``entropy`` or ``percentile``.
         batch: ``"dynamic"`` (default where the graph allows) or a fixed batch size.
         resolution: input side of the graph (default: the checkpoint's).
-        val_data_root: images to measure int8 against fp32 on (default: the calibration images).
+        val_data_root: images to measure int8 against fp32 on (default: the calibration images); when they
+            are labelled (``val_ann``, or fine-grained class folders / Stanford Dogs), the task's own metric of
+            the fp32 and int8 graphs too (``tasks.export.metric``).
+        val_ann: the labels of ``val_data_root`` in the task's format (COCO json, pairs.txt, CSV, ...).
         batch_size: images per calibration / verification step of a dynamic-batch graph.
         device: where PyTorch runs the reference.
         say: where progress lines go.
@@ -175,8 +182,12 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
     fixed = parse_batch(batch)
+    if val_ann is not None and val_data_root is None:
+        raise ValueError("--val-ann needs --val-data-root (the images its labels are for)")
 
     model, meta = load_model(checkpoint, device)
+    scored = labelled(meta["task"], None if val_data_root is None else os.fspath(val_data_root),
+                      None if val_ann is None else os.fspath(val_ann))
     res = int(meta["preprocess"]["resolution"]) if resolution is None else resolution
     reference = build_graph(model, meta, res)  # BN as trained: the parity reference
     if reference.fixed_batch is not None:
@@ -259,6 +270,22 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
                           "agreement_vs_fp32": agree}
         say(f"  int8 vs fp32 on {agree.get('images')} {report['int8']['on']}: "
             + ", ".join(f"{k} {v:.4f}" for k, v in agree.items() if isinstance(v, float)))
+    if scored:
+        assert val_data_root is not None
+        graphs = {"fp32": str(out), **({"int8": str(int8_path(out))} if int8 else {})}
+        say(f"  task metric ({meta['task']}'s own evaluation) on {val_data_root}"
+            + (f" with {val_ann}" if val_ann is not None else ""))
+        tm = task_metric(meta, graphs, spec.kind, like=model, resolution=res, fixed_batch=fixed, root=val_data_root,
+                         ann=val_ann, batch_size=step)
+        report["task_metric"] = tm
+        head = tm["metric"]
+        line = f"  {head} on {tm['images']} images: fp32 {tm['fp32'][head]:.4f}"
+        if "int8" in tm:
+            line += f", int8 {tm['int8'][head]:.4f}, int8 - fp32 {tm['int8_minus_fp32'][head]:+.4f}"
+        say(line)
+    elif val_data_root is not None and meta["task"] in ANN_FORMAT:
+        report["notes"].append(f"no task metric: --val-data-root is not labelled (give --val-ann, "
+                               f"{ANN_FORMAT[meta['task']]})")
     for name, count in (("fp32", report["batchnorm"]["fp32_graph_nodes"]),
                         ("int8", report["batchnorm"].get("int8_graph_nodes", 0))):
         if count:

@@ -4,7 +4,8 @@ MobileNets are built to run on small devices (paper, Section 1 and Figures 4-5: 
 Mult-Adds and parameters). Deploying them means one traced graph per checkpoint that ONNX Runtime
 runs, fp32 or int8. What each kind of network becomes:
 
-* classifier (attributes, distillation students, fine-grained, geolocation): ``input -> logits [N, D]``.
+* classifier (attributes, distillation students, fine-grained, geolocation): ``input -> logits [N, D]``
+  (geolocation's hierarchical heads: the partitions' logits side by side, as the PyTorch network).
 * face embedder: ``input -> embedding [N, E]`` (unit vectors; the ImageNet normalisation stays inside).
 * SSD / SSDLite: ``input -> boxes [M, 4], scores [M], labels [M], batch_index [M]``: box decoding and
   NMS are in the graph. torchvision's ``SSD.postprocess_detections`` loops over images and classes in
@@ -227,7 +228,7 @@ def build_graph(model: nn.Module, meta: dict[str, Any], resolution: int) -> Grap
         raise ExportError(f"--resolution {resolution}: the network needs at least {MIN_INPUT_SIZE} px "
                           "(five stride-2 layers)")
     name = meta["model"].get("name")
-    if name == "classifier":
+    if name in ("classifier", "geo_classifier"):  # geolocation's heads: one logits row, partitions side by side
         spec = GraphSpec(model, "classifier", ["logits"], {"logits": 0})
     elif name == "face_embedder":
         spec = GraphSpec(model, "embedding", ["embedding"], {"embedding": 0})
@@ -240,8 +241,8 @@ def build_graph(model: nn.Module, meta: dict[str, Any], resolution: int) -> Grap
             spec = GraphSpec(FasterRCNNGraph(model), "detector", ["boxes", "scores", "labels"], {}, fixed_batch=1,
                              notes=["Faster R-CNN: batch 1; the graph resizes as the model does"])
     else:
-        raise ExportError(f"checkpoint model {name!r} has no export path (known: classifier, face_embedder, "
-                          "detector)")
+        raise ExportError(f"checkpoint model {name!r} has no export path (known: classifier, geo_classifier, "
+                          "face_embedder, detector)")
     _try_resolution(spec, resolution)
     return spec
 

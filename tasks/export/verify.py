@@ -12,7 +12,6 @@ The deploy path is only worth its speed (paper, Figures 4-5) if the numbers surv
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -21,25 +20,12 @@ from torch import nn
 
 from backbone.export import TOLERANCE
 
+from .runtime import run_graph, session
+
 __all__ = ["DET_REFERENCE_SCORE", "TOLERANCE", "session", "run_graph", "split_detections", "parity",
            "int8_agreement"]
 
 DET_REFERENCE_SCORE = 0.3
-
-
-def session(path: str | os.PathLike, threads: int | None = None):
-    """An ONNX Runtime CPU session (``threads`` intra-op threads; None: ORT's default)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def run_graph(sess: Any, x: np.ndarray) -> list[np.ndarray]:
-    return sess.run(None, {sess.get_inputs()[0].name: x})
 
 
 def split_detections(outputs: Sequence[np.ndarray], batch: int) -> list[dict[str, np.ndarray]]:

@@ -31,7 +31,7 @@ from tasks.flags import add_eval_flags
 
 from .scoring import score_split
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "open_split"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _records(meta: dict[str, Any], root: str, ann: str | None, split: str, classes: ClassList) -> list:
+def _records(meta: dict[str, Any], root: str, ann: str | None, split: str | None, classes: ClassList) -> list:
     index = open_finegrained(root, ann, classes=classes)
+    if split is None:  # the data's own test split where it has one (Stanford Dogs), else every image
+        split = "test" if "test" in index.splits else "all"
     if split == "val" or (split == "train" and "train" not in index.splits):
         if "holdout" in meta and meta["holdout"] is None:
             raise ValueError("--split val: this checkpoint was validated on its own --val-data-root/--val-ann, not "
@@ -59,19 +61,35 @@ def _records(meta: dict[str, Any], root: str, ann: str | None, split: str, class
     return index.split(split)
 
 
+def open_split(meta: dict[str, Any], data_root: str, ann: str | None, split: str | None, *,
+               resolution: int | None = None, crop: str | None = None,
+               skip_bad_images: bool = False) -> tuple[FineGrainedDataset, list[str]]:
+    """A labelled split in the checkpoint's classes and preprocessing, and the class names.
+
+    Args:
+        meta: the checkpoint's metadata (classes, preprocessing, crop, the held-out split's seed).
+        data_root, ann: Stanford Dogs, class folders or a CSV (``datasets.stanford_dogs.open_finegrained``).
+        split: ``test``, ``train``, ``val``, ``all``; None: ``test`` where the data has one, else ``all``.
+        resolution: input side (default: the checkpoint's).
+        crop: ``none`` / ``box`` (default: the crop the checkpoint was trained with).
+    """
+    names = list(meta["labels"])
+    classes = ClassList.from_dict(meta["classes"]) if "classes" in meta else ClassList.from_keys(names)
+    pre = meta["preprocess"]
+    tf = build_image_transform(int(resolution or pre["resolution"]), mean=pre["mean"], std=pre["std"])
+    recs = _records(meta, data_root, ann, split, classes)
+    ds = FineGrainedDataset(recs, classes, tf, crop=crop or meta.get("crop", "none"), skip_bad_images=skip_bad_images)
+    return ds, names
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: must be >= 1")
     device = pick_device(args.device)
     model, meta = load_model(args.checkpoint, device, task="finegrained")
-    names = list(meta["labels"])
-    classes = ClassList.from_dict(meta["classes"]) if "classes" in meta else ClassList.from_keys(names)
-    pre = meta["preprocess"]
-    tf = build_image_transform(int(pre["resolution"]), mean=pre["mean"], std=pre["std"])
-    recs = _records(meta, args.data_root, args.ann, args.split, classes)
-    ds = FineGrainedDataset(recs, classes, tf, crop=args.crop or meta.get("crop", "none"),
-                            skip_bad_images=args.skip_bad_images)
+    ds, names = open_split(meta, args.data_root, args.ann, args.split, crop=args.crop,
+                           skip_bad_images=args.skip_bad_images)
     if args.skip_bad_images:
         ds.scan_images(progress=True)
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers)

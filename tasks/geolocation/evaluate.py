@@ -36,7 +36,7 @@ from tasks.flags import add_eval_flags
 from tasks.geolocation.model import CellDecoder
 from tasks.geolocation.train import baseline_distances, evaluate_geolocation
 
-__all__ = ["build_parser", "main", "plot_world"]
+__all__ = ["build_parser", "main", "open_geotagged", "plot_world"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +87,22 @@ def plot_world(lat: np.ndarray, lon: np.ndarray, pred_lat: np.ndarray, pred_lon:
     return save_png(fig, out)
 
 
+def open_geotagged(meta: dict[str, Any], data_root: str, ann: str | None, *, resolution: int | None = None,
+                   skip_bad_images: bool = False, exif_gps: bool = False, id_col: str | None = None,
+                   lat_col: str | None = None, lon_col: str | None = None,
+                   image_suffix: str | None = None) -> Any:
+    """The geotagged test photos (a CSV + image folder, tar shards, or EXIF GPS of a folder) through the
+    checkpoint's preprocessing (``resolution``: default the checkpoint's)."""
+    pre = meta["preprocess"]
+    tf = build_image_transform(int(resolution or pre["resolution"]), mean=pre["mean"], std=pre["std"])
+    locations = read_locations(data_root, ann, exif_gps=exif_gps, id_col=id_col, lat_col=lat_col, lon_col=lon_col,
+                               skip_bad_images=skip_bad_images, progress=True)
+    ds = geotagged_dataset(locations, data_root, tf, image_suffix=image_suffix, skip_bad_images=skip_bad_images)
+    if skip_bad_images and isinstance(ds, GeotaggedImages):  # shards were decoded once while indexing
+        ds.scan_images(progress=True)
+    return ds
+
+
 def _predictions_csv(ids: list[str], lat: np.ndarray, lon: np.ndarray, plat: np.ndarray, plon: np.ndarray,
                      km: np.ndarray, tokens: list[str]) -> str:
     buf = io.StringIO()
@@ -106,15 +122,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out = prepare_output_dir(args.out_dir) if args.out_dir else None
     model, meta = load_model(args.checkpoint, device, task="geolocation")
     decoder = CellDecoder.from_meta(meta)
-    pre = meta["preprocess"]
-    tf = build_image_transform(int(pre["resolution"]), mean=pre["mean"], std=pre["std"])
-    locations = read_locations(args.data_root, args.ann, exif_gps=args.exif_gps, id_col=args.id_col,
-                               lat_col=args.lat_col, lon_col=args.lon_col, skip_bad_images=args.skip_bad_images,
-                               progress=True)
-    ds = geotagged_dataset(locations, args.data_root, tf, image_suffix=args.image_suffix,
-                           skip_bad_images=args.skip_bad_images)
-    if args.skip_bad_images and isinstance(ds, GeotaggedImages):  # shards were decoded once while indexing
-        ds.scan_images(progress=True)
+    ds = open_geotagged(meta, args.data_root, args.ann, exif_gps=args.exif_gps, id_col=args.id_col,
+                        lat_col=args.lat_col, lon_col=args.lon_col, image_suffix=args.image_suffix,
+                        skip_bad_images=args.skip_bad_images)
     source = args.ann or args.data_root
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
     lat, lon = ds.lat, ds.lon
