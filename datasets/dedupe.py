@@ -81,18 +81,20 @@ class Duplicate:
     distance: int
 
 
-def _hash_one(path: str) -> tuple[str | None, np.ndarray | None, np.ndarray | None, str | None]:
+def _hash_one(path: str, mirror: bool = True) -> tuple[str | None, np.ndarray | None, np.ndarray | None, str | None]:
     try:
         digest = content_hash(path)
         img = load_rgb_image(path)
     except (OSError, *LOAD_ERRORS) as err:  # an unreadable file is the loader's business, not a duplicate
         return None, None, None, str(err)
-    return digest, phash(img), phash(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)), None
+    flipped = phash(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)) if mirror else None
+    return digest, phash(img), flipped, None
 
 
-def _hash_all(paths: Sequence[str], threads: int, desc: str, progress: bool) -> list[tuple[Any, ...]]:
+def _hash_all(paths: Sequence[str], threads: int, desc: str, progress: bool,
+              mirror: bool = True) -> list[tuple[Any, ...]]:
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        results: Any = pool.map(_hash_one, paths, chunksize=32)
+        results: Any = pool.map(lambda p: _hash_one(p, mirror), paths, chunksize=32)
         if progress:
             from tqdm import tqdm
 
@@ -121,7 +123,7 @@ def find_duplicates(candidates: Sequence[str], references: Sequence[str], *,
         raise ValueError(f"max_distance must be in -1..{HASH_BITS - 1} bits, got {max_distance}")
     threads = num_threads or min(8, os.cpu_count() or 1)
     ref = _hash_all(references, threads, "hashing reference images", progress)
-    cand = _hash_all(candidates, threads, "hashing candidate images", progress)
+    cand = _hash_all(candidates, threads, "hashing candidate images", progress, mirror=False)  # refs carry the mirror
     unreadable = [r[3] for r in ref + cand if r[3] is not None]
     exact: dict[str, int] = {}
     for j, (digest, *_rest) in enumerate(ref):
