@@ -23,7 +23,6 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from distill.losses import attribute_distillation_loss
 from tasks.classifier import build_classifier
 from distill.teachers import load_teacher
 from datasets.images import IMAGENET_MEAN, IMAGENET_STD
+from datasets.io import replace_markdown_section
 
 __all__ = ["main", "run_benchmark"]
 
@@ -192,19 +192,6 @@ def format_markdown(res: dict[str, Any], machine: dict[str, str],
     ])
 
 
-def write_docs(path: Path, section: str) -> None:
-    """Replace (or append) the "## Benchmark" section of ``path``, atomically."""
-    from tasks.checkpoint import atomic_write_text
-
-    text = path.read_text() if path.is_file() else "# Distillation\n"
-    pattern = re.compile(r"^## Benchmark\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip() + "\n\n", text)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    atomic_write_text(path, text.rstrip() + "\n")
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--teacher", default=None, help="teacher spec (default: a random timm ResNet-18 @ 80 px)")
@@ -226,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     md = format_markdown(res, _machine(), command)
     print(md)
     if args.write_docs:
-        write_docs(Path(args.write_docs), md)
+        replace_markdown_section(args.write_docs, "## Benchmark", md, title="# Distillation\n")
         print(f"written to {args.write_docs}")
     return res
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.distill import _machine  # noqa: E402
+from datasets.io import replace_markdown_section  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Fine-grained (`benchmarks/finegrained.py`)"
@@ -181,15 +181,6 @@ def markdown(machine: dict[str, str], tp: dict[str, Any] | None, rc: dict[str, A
     return "\n".join(lines)
 
 
-def write_docs(text: str) -> None:
-    from datasets.io import atomic_write_text
-
-    doc = DOCS.read_text()
-    pattern = re.compile(r"^" + re.escape(SECTION) + r"\n.*?(?=^## |\Z)", re.S | re.M)
-    doc = pattern.sub(lambda _: text.rstrip() + "\n\n", doc) if pattern.search(doc) else doc.rstrip() + "\n\n" + text
-    atomic_write_text(DOCS, doc.rstrip() + "\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3)
@@ -231,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = markdown(machine, tp, rc, args)
     print(text)
     if args.write_docs:
-        write_docs(text)
+        replace_markdown_section(DOCS, SECTION, text)
     return 0
 
 

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -141,6 +142,20 @@ def atomic_write_json(path: PathLike, obj: Any, *, indent: int | None = 2) -> Pa
     else:
         text = json.dumps(obj, indent=indent) + "\n"
     return atomic_write_text(path, text)
+
+
+def replace_markdown_section(path: PathLike, heading: str, section: str, *, title: str = "") -> Path:
+    """Put ``section`` (which starts with the line ``heading``, e.g. ``## Benchmark``) into the markdown file
+    ``path`` in place of the section of that heading, up to the next ``## `` heading; appended when the file
+    has none. A missing file starts with ``title``. Written atomically (the benchmarks' ``--write-docs``)."""
+    path = Path(path)
+    text = path.read_text() if path.is_file() else title
+    pattern = re.compile(r"^" + re.escape(heading) + r"\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section.rstrip() + "\n\n", text)
+    else:
+        text = text.rstrip() + "\n\n" + section
+    return atomic_write_text(path, text.strip() + "\n")
 
 
 def _fsync_tree(root: Path) -> None:

@@ -78,13 +78,14 @@ def test_training_learns_well_above_chance(easy_shapes, tmp_path):
         model={"alpha": 0.25, "resolution": 192, "options": {"min_scale": 0.15, "reduce_boxes_in_lowest_layer": False,
                                                        "aspect_ratios": [1.0, 2.0, 0.5]}},
         data={"iou_crop_prob": 0.0, "photometric_prob": 0.0},
-        train={"epochs": 6, "batch_size": 16, "lr": 0.008, "warmup_iters": 30, "eval_every": 2, "grad_clip": 10.0},
+        train={"epochs": 8, "batch_size": 16, "lr": 0.016, "warmup_iters": 30, "eval_every": 2, "grad_clip": 10.0},
     )
     summary = det_train.main(["--config", str(cfg), *_data_args(easy_shapes), "--output-dir", str(tmp_path / "o"), "--device", "cpu"])
     lines = [json.loads(l) for l in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["train"]["loss"] < 0.75 * lines[0]["train"]["loss"]
-    # AP50 on the held-out val images through the real eval path. When this test was written: 0.017 after
-    # 2 of these epochs, 0.271 after 6 (the previous 64 px setup reached 0.087 in 15 epochs).
+    # AP50 on the held-out val images through the real eval path. Measured on an AMD EPYC (2026-12-02):
+    # 0.009 after 2 of these epochs, 0.355 after 6, 0.379 after 8. With lr 0.008 and 6 epochs the same
+    # machine reached only 0.064 (an Intel one 0.271): the shorter, slower schedule sat on the edge.
     assert summary["stats"]["AP50"] > 0.15, summary["stats"]
     assert summary["stats"]["AP50"] > 5 * lines[0]["eval"]["AP50"]  # vs the same model after 2 epochs
 
