@@ -127,8 +127,15 @@ def test_format_markdown_from_fixed_numbers():
     assert "(2000 M Mult-Adds, 11.0 M parameters)" in md and "(50.0 M Mult-Adds, 0.47 M parameters)" in md
 
 
-def test_write_docs_appends_a_missing_section(tmp_path: Path):
+def test_write_docs_appends_a_missing_section_then_replaces_it(tmp_path: Path):
+    from datasets.io import replace_markdown_section  # the benchmarks' --write-docs
+
     doc = tmp_path / "distill.md"
     doc.write_text("# Distillation\n\nintro\n")
-    bench.write_docs(doc, "## Benchmark\n\nnew\n")
+    replace_markdown_section(doc, "## Benchmark", "## Benchmark\n\nnew\n")
     assert doc.read_text() == "# Distillation\n\nintro\n\n## Benchmark\n\nnew\n"
+    doc.write_text(doc.read_text() + "\n## Later\n\nkept\n")
+    replace_markdown_section(doc, "## Benchmark", "## Benchmark\n\nnewer\n")
+    assert doc.read_text() == "# Distillation\n\nintro\n\n## Benchmark\n\nnewer\n\n## Later\n\nkept\n"
+    replace_markdown_section(tmp_path / "new.md", "## Benchmark", "## Benchmark\n\nx\n", title="# T\n")
+    assert (tmp_path / "new.md").read_text() == "# T\n\n## Benchmark\n\nx\n"

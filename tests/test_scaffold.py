@@ -144,9 +144,7 @@ def test_a_flag_a_task_cannot_use_is_an_error(data, tmp_path):
 
 
 @pytest.mark.parametrize("entry", ["tasks.faces.train", "tasks.attributes.train", "distill.train",
-                                   pytest.param("tasks.finegrained.train", marks=pytest.mark.xfail(
-                                       reason="open (issue 13): a rank aborted (SIGABRT) on the CI clone after the "
-                                              "shared-memory skip records landed", strict=False)),
+                                   "tasks.finegrained.train",
                                    "tasks.geolocation.train"])
 def test_torchrun_two_processes_on_cpu(entry, data, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

@@ -190,6 +190,9 @@ def resolve_config(args: argparse.Namespace) -> FineGrainedConfig:
     overrides = flag_overrides(args, _TASK_FLAGS)
     if args.data_root:
         overrides["data"]["synthetic"] = {}  # the user's data replaces the built-in set
+        if args.config is None and not args.noisy_data_root:
+            # the built-in run compares against clean-only; the user's data has no web set unless given
+            overrides.setdefault("noisy", {}).setdefault("compare_clean_only", False)
     return load_config(FineGrainedConfig, args.config, overrides=overrides, default=DEFAULT_CONFIG)
 
 
@@ -407,6 +410,8 @@ def _combine(out: Path, summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
         lines.append(f"  clean-only, the same stage-2 budget:           "
                      f"{100 * (stages['clean_only'][split] or 0):.1f}%   gain {100 * gain:+.1f} points")
     final["total_wall_time_s"] = round(sum(s.get("wall_time_s", 0) or 0 for s in summaries.values()), 1)
+    lines.append(f"  the run's model (summary.json): stage 2, {final.get('best_checkpoint')}; "
+                 f"{final['total_wall_time_s']:.0f} s in all")
     atomic_write_text(out / "summary.json", json.dumps(to_plain(final, "summary"), indent=2) + "\n")
     print("\n".join(lines))
     return final
