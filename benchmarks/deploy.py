@@ -424,6 +424,17 @@ def read_accuracy_csv(path: str) -> dict[tuple[float, int], float]:
     return out
 
 
+def _plain_log(ax: Any, which: str) -> None:
+    """A log axis labelled 20, 50, 100, ... instead of 2x10^1 (the minor ticks stay, unlabelled)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot_figures45(grid: Sequence[dict[str, Any]], path: Path, machine: str, accuracy: dict | None = None,
                    accuracy_label: str = "top-1") -> Path:
     """Latency (ORT fp32, int8, batch 1) against Mult-Adds; with ``accuracy``, also accuracy against
@@ -441,8 +452,8 @@ def plot_figures45(grid: Sequence[dict[str, Any]], path: Path, machine: str, acc
         if r.get("int8_ms"):
             ax.annotate(f"{r['alpha']:g}-{r['resolution']}", (x, r["int8_ms"]), fontsize=6,
                         xytext=(3, -8), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _plain_log(ax, "x")
+    _plain_log(ax, "y")
     ax.set_xlabel("Mult-Adds (millions)")
     ax.set_ylabel("latency, batch 1 (ms, median)")
     ax.set_title(f"MobileNet alpha x resolution: latency\n{machine}", fontsize=8)
@@ -453,7 +464,7 @@ def plot_figures45(grid: Sequence[dict[str, Any]], path: Path, machine: str, acc
         acc = np.array([100 * accuracy[(r["alpha"], r["resolution"])] for r in known])
         ax2 = fig.add_subplot(1, panels, 2)
         ax2.plot([r["mult_adds"] / 1e6 for r in known], acc, "o")
-        ax2.set_xscale("log")
+        _plain_log(ax2, "x")
         ax2.set_xlabel("Mult-Adds (millions)")
         ax2.set_ylabel(f"{accuracy_label} (%)")
         ax2.set_title("accuracy against Mult-Adds (the paper's Figure 4 axes)", fontsize=8)
@@ -461,7 +472,7 @@ def plot_figures45(grid: Sequence[dict[str, Any]], path: Path, machine: str, acc
         ax3 = fig.add_subplot(1, panels, 3)
         for prec, marker in (("fp32", "o"), ("int8", "s")):
             ax3.plot([r.get(f"{prec}_ms") or np.nan for r in known], acc, marker, label=f"ONNX Runtime {prec}")
-        ax3.set_xscale("log")
+        _plain_log(ax3, "x")
         ax3.set_xlabel("latency, batch 1 (ms)")
         ax3.set_ylabel(f"{accuracy_label} (%)")
         ax3.set_title("accuracy against measured latency", fontsize=8)
