@@ -378,6 +378,13 @@ def build_train_loader(
         sampler = DistributedSampler(
             dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed, drop_last=False
         )
+        if not drop_last and len(sampler) > batch_size and len(sampler) % batch_size == 1:
+            # BatchNorm cannot train on a batch of one where a feature map is 1x1 (SSD's extra layers, any
+            # MobileNet at 32 px); the shuffled sampler leaves out a different sample each epoch.
+            if dist.is_main:
+                print(f"note: {len(sampler)} training samples per process with batch_size={batch_size} leave a "
+                      "last batch of one, which BatchNorm cannot train on; it is dropped (one sample per epoch)")
+            drop_last = True
         batching: dict[str, Any] = {"batch_size": batch_size, "sampler": sampler, "drop_last": drop_last}
         empty = f"{len(sampler)} samples per process < batch_size={batch_size} with drop_last"
     else:

@@ -532,3 +532,15 @@ def test_nan_metric_never_becomes_best(tmp_path):
     with pytest.raises(TypeError, match="must be a number"):
         fit(mlp(), blobs(16, 0), cfg=cfg, batch_size=8, output_dir=tmp_path / "x", loss_fn=ce_loss,
             evaluate_fn=lambda m: {"score": "high"})
+
+
+@pytest.mark.parametrize("n, steps", [(16, 2), (17, 2), (18, 3), (1, 1)])
+def test_a_last_training_batch_of_one_is_dropped(n, steps, capsys):
+    """BatchNorm cannot train on one sample at a 1x1 map (SSD's extras): that batch is dropped, and said."""
+    from torch.utils.data import TensorDataset
+
+    from tasks.engine import build_train_loader
+
+    loader = build_train_loader(TensorDataset(torch.zeros(n, 3)), batch_size=8 if n > 1 else 4)
+    assert len(loader) == steps and sum(len(b[0]) for b in loader) == (n - 1 if n == 17 else n)
+    assert ("last batch of one" in capsys.readouterr().out) == (n == 17)
