@@ -135,6 +135,14 @@ def recipe(losses: Sequence[str], out: Path) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "tasks.finegrained.train", "--output-dir", str(run), "--noisy-loss", loss]
         if i == 0:
             cmd.append("--compare-clean-only")  # the clean-only twin does not depend on the stage-1 loss
+        else:  # the default config compares; the later losses skip the (identical) twin
+            import yaml
+
+            cfg = yaml.safe_load((ROOT / "configs" / "finegrained" / "synthetic.yaml").read_text())
+            cfg.setdefault("noisy", {})["compare_clean_only"] = False
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{loss}.yaml").write_text(yaml.safe_dump(cfg))
+            cmd += ["--config", str(out / f"{loss}.yaml")]
         t = time.perf_counter()
         res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if res.returncode != 0:
