@@ -30,12 +30,18 @@ one per cycle, compiled with the system C compiler and run on every core at once
 ``/proc/cpuinfo`` (``--clock-ghz`` overrides it).
 
 Last, the measured Figures 4-5: the 16 MobileNets alpha (1, 0.75, 0.5, 0.25) x resolution (224, 192, 160,
-128), ONNX Runtime fp32 and int8 at batch 1, latency against Mult-Adds, as ``figures45.png``. Accuracy is not
-measured here (no ImageNet); ``--accuracy-csv`` (``alpha,resolution,top1``; ``--accuracy-label`` says where
-the numbers come from, e.g. "top-1 after a short training on synthetic data") adds the paper's own axis,
-accuracy against Mult-Adds, and accuracy against int8 latency.
+128), ONNX Runtime fp32 and int8 at batch 1, latency against Mult-Adds, as ``figures45.png``. With no
+ImageNet at hand, the accuracy axis comes from a short training on synthetic data, and the plot says so: before
+any timing, each of the 16 models trains from scratch on a small built-in fine-grained set
+(``datasets.synthetic_finegrained``: 6 look-alike breeds, 256-pixel images, so that resolution matters), with
+``python -m tasks.finegrained.train`` in its own process, for ``--accuracy-epochs`` epochs (default 6); its
+test top-1 (best epoch chosen on the validation tenth) goes to ``accuracy.csv`` and becomes two more panels,
+accuracy against Mult-Adds (the paper's Figure 4 axes) and against measured latency. The runs are cached in
+``OUT_DIR/accuracy/`` (an interrupted benchmark keeps the finished ones and resumes the one it stopped in);
+``--accuracy-csv`` gives the numbers instead (``alpha,resolution,top1``, e.g. a real ImageNet evaluation, with
+``--accuracy-label``), and ``--no-accuracy`` skips them.
 
-Weights are random (timm's initialisation, shared by timm's model and ours; SSD's class heads get a
+Weights of the timed models are random (timm's initialisation, shared by timm's model and ours; SSD's class heads get a
 background prior so that about ``--ssd-candidates`` (anchor, class) pairs per image pass the 0.01 score
 threshold, as in a trained detector, instead of nearly all 1917 x 90). Results: ``deploy.json`` (everything,
 with the machine and date) and ``deploy.md`` (tables to paste into docs/benchmarks.md) in ``--out-dir``.
@@ -133,17 +139,17 @@ _CLOCK_C = r"""
 static double now(void) { struct timespec t; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
 int main(int argc, char **argv) {
     double seconds = atof(argv[1]);
-    unsigned long x = 0, n = 0;
+    unsigned long x = 0, n = 0, step = (unsigned long)argc;  /* a value the compiler cannot fold */
     double start = now(), warm = start + seconds / 2, end = start + seconds, t0 = 0;
     unsigned long n0 = 0;
     for (;;) {
         for (int i = 0; i < 1000; i++)  /* 32 dependent adds: 32 cycles (1-cycle latency each) */
-            __asm__ volatile(
-                "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
-                "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
-                "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
-                "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
-                "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t" : "+r"(x));
+            __asm__ volatile(  /* register + register: an add of an immediate can be folded away at rename */
+                "add %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\t"
+                "add %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\t"
+                "add %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\t"
+                "add %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\t"
+                "add %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\t" : "+r"(x) : "r"(step));
         n += 1000;
         double t = now();
         if (t0 == 0 && t >= warm) { t0 = t; n0 = n; }
@@ -402,6 +408,76 @@ def time_grid(points: Sequence[tuple[float, int]], work: Path, calib: Path, cali
     return rows
 
 
+# --------------------------------------------------------------------------------------------------
+# the accuracy axis: a short training of every grid model on synthetic data
+
+SHORT_TRAINING = {  # tasks.finegrained.train's config keys; alpha, resolution and epochs are set per run
+    "model": {"backbone": "mobilenet_v1"},
+    "data": {"synthetic": {"num_breeds": 6, "train_per_breed": 40, "test_per_breed": 30, "image_size": 256,
+                           "seed": 0, "web_per_breed": 0},
+             "val_fraction": 0.1, "augment": True, "crop_scale": [0.6, 1.0], "jitter": 0.2, "eval_batch_size": 64},
+    "loss": {"label_smoothing": 0.1},
+    "noisy": {"epochs": 0, "compare_clean_only": False},
+    "train": {"batch_size": 16, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0001, "schedule": "cosine",
+              "warmup_iters": 5, "seed": 0},
+}
+QUICK_TRAINING = {"data": {"synthetic": {"num_breeds": 4, "train_per_breed": 10, "test_per_breed": 4,
+                                         "image_size": 160}}}
+ACCURACY_LABEL = "test top-1, {epochs} epochs from scratch on synthetic dogs ({breeds} breeds)"
+
+
+def train_grid_accuracy(points: Sequence[tuple[float, int]], out: Path, epochs: int, quick: bool,
+                        say: Callable[[str], None], device: str = "cpu") -> tuple[Path, str]:
+    """Train every (alpha, resolution) of ``points`` with :data:`SHORT_TRAINING` for ``epochs`` epochs, one
+    ``tasks.finegrained.train`` process at a time; write ``out/accuracy.csv``. A run whose ``summary.json``
+    exists under the same settings is reused, one with only ``last.pt`` (interrupted) resumes
+    from it. Returns the CSV and the label of its accuracy axis."""
+    import hashlib
+
+    import yaml
+
+    from tasks.config import deep_merge
+
+    cfg = deep_merge(SHORT_TRAINING, QUICK_TRAINING) if quick else json.loads(json.dumps(SHORT_TRAINING))
+    cfg["train"]["epochs"] = epochs
+    text = yaml.safe_dump(cfg, sort_keys=True)
+    key = hashlib.sha256(text.encode()).hexdigest()[:10]
+    root = out / "accuracy" / key
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "config.yaml"
+    atomic_write_text(config, "# benchmarks/deploy.py: the short training behind figures45.png's accuracy\n" + text)
+    label = ACCURACY_LABEL.format(epochs=epochs, breeds=cfg["data"]["synthetic"]["num_breeds"])
+    say(f"accuracy axis: {len(points)} models, {epochs} epochs each on synthetic data ({root})")
+    rows = []
+    for i, (alpha, res) in enumerate(points, start=1):
+        run = root / f"{alpha:g}-{res}"
+        summary = run / "summary.json"
+        t = time.perf_counter()
+        if summary.is_file():
+            how = "reused"
+        else:
+            cmd = [sys.executable, "-m", "tasks.finegrained.train", "--config", str(config), "--alpha", str(alpha),
+                   "--resolution", str(res), "--output-dir", str(run), "--device", device]
+            if (run / "last.pt").is_file():  # interrupted: continue where it stopped
+                cmd += ["--resume", str(run / "last.pt")]
+            res_ = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+            if res_.returncode != 0:
+                raise RuntimeError(f"short training of {alpha:g} MobileNet-{res} failed ({' '.join(cmd)}):\n"
+                                   f"{res_.stderr[-3000:]}")
+            how = f"{time.perf_counter() - t:.0f} s"
+        s = json.loads(summary.read_text())
+        m = s["metrics"]
+        rows.append({"alpha": alpha, "resolution": res, "top1": m["top1"], "val_top1": m["val_top1"],
+                     "chance_top1": m["chance_top1"], "best_epoch": s["selected_by"]["epoch"], "epochs": epochs})
+        say(f"  [{i}/{len(points)}] {alpha:g} MobileNet-{res}: test top-1 {100 * m['top1']:.1f}% "
+            f"(val {100 * m['val_top1']:.1f}%, chance {100 * m['chance_top1']:.1f}%; {how})")
+    path = out / "accuracy.csv"
+    lines = [",".join(rows[0])] + [",".join(f"{v:.4f}" if isinstance(v, float) and k != "alpha" else f"{v:g}"
+                                            if isinstance(v, float) else str(v) for k, v in r.items()) for r in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path, label
+
+
 def read_accuracy_csv(path: str) -> dict[tuple[float, int], float]:
     """``alpha,resolution,top1`` rows (top-1 as a fraction or in percent) -> {(alpha, resolution): fraction}."""
     if not Path(path).is_file():
@@ -543,14 +619,17 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [f"- {c['model']} batch {c['batch']} {c['precision']}: {c['ratio']:.3f}" for c in
                   result["openvino_vs_ort"]]
     if result["grid"]:
-        lines += ["", "Figures 4-5 grid (ONNX Runtime, batch 1, median ms):", "",
-                  "| alpha | resolution | Mult-Adds (M) | params (M) | fp32 ms | int8 ms | int8 / fp32 |",
-                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        acc = any("top1" in r for r in result["grid"])
+        lines += ["", "Figures 4-5 grid (ONNX Runtime, batch 1, median ms"
+                  + (f"; top-1: {result['accuracy']['label']}" if acc else "") + "):", "",
+                  "| alpha | resolution | Mult-Adds (M) | params (M) | fp32 ms | int8 ms | int8 / fp32 |"
+                  + (" top-1 |" if acc else ""), "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if acc else "")]
         for r in result["grid"]:
             f32, i8 = r.get("fp32_ms"), r.get("int8_ms")
+            top1 = (f" {100 * r['top1']:.1f} % |" if "top1" in r else " - |") if acc else ""
             lines.append(f"| {r['alpha']:g} | {r['resolution']} | {r['mult_adds'] / 1e6:.0f} | {r['params'] / 1e6:.2f} "
                          f"| {f32 if f32 is None else f'{f32:.2f}'} | {i8 if i8 is None else f'{i8:.2f}'} | "
-                         f"{(i8 / f32) if f32 and i8 else float('nan'):.2f} |")
+                         f"{(i8 / f32) if f32 and i8 else float('nan'):.2f} |" + top1)
     return "\n".join(lines) + "\n"
 
 
@@ -574,9 +653,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssd-candidates", type=int, default=1000,
                    help="(anchor, class) pairs per image above SSD's score threshold (default 1000)")
     p.add_argument("--no-grid", action="store_true", help="skip the Figures 4-5 grid")
-    p.add_argument("--accuracy-csv", help="alpha,resolution,top1 per grid model: adds accuracy panels to the PNG")
+    p.add_argument("--accuracy-epochs", type=int, default=None,
+                   help="epochs of the short training behind the accuracy panels (default 6; --quick: 1)")
+    p.add_argument("--accuracy-csv", help="alpha,resolution,top1 per grid model, instead of the short training")
     p.add_argument("--accuracy-label", default="top-1 from --accuracy-csv",
-                   help="what the accuracy is, for the plot (e.g. 'top-1, short training on synthetic data')")
+                   help="what --accuracy-csv's numbers are, for the plot (e.g. 'ImageNet val top-1')")
+    p.add_argument("--no-accuracy", action="store_true", help="latency only: no short training, one panel")
+    p.add_argument("--device", default="cpu", help="device of the short training (timing is CPU-only)")
     p.add_argument("--flop-per-cycle", type=float, help="fp32 FLOP per cycle per core (default: from the CPU)")
     p.add_argument("--clock-ghz", type=float, help="clock for the floor (default: measured)")
     p.add_argument("--keep-models", action="store_true", help="keep the checkpoints and graphs in OUT_DIR/models")
@@ -605,6 +688,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"{flag} must be >= {low}, got {v}")
     if any(b < 1 for b in args.batches):
         raise ValueError(f"--batches must be positive, got {args.batches}")
+    epochs = args.accuracy_epochs if args.accuracy_epochs is not None else (1 if q else 6)
+    if epochs < 1:
+        raise ValueError(f"--accuracy-epochs must be >= 1, got {epochs}")
+    if args.accuracy_csv and args.no_accuracy:
+        raise ValueError("--accuracy-csv and --no-accuracy contradict each other: give one")
     accuracy = read_accuracy_csv(args.accuracy_csv) if args.accuracy_csv else None
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -630,6 +718,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             ghz, how = (mhz / 1e3 if mhz else 1.0), f"{how}; /proc/cpuinfo's 'cpu MHz' used (nominal: turbo unseen)"
     say(f"  floor: {cores} cores x {fpc:g} FLOP/cycle ({assumption}) x {ghz:.2f} GHz ({how})")
 
+    accuracy_info: dict[str, Any] | None = None
+    if accuracy is None and not args.no_accuracy and not args.no_grid:  # trains first: the timing runs on an idle CPU
+        csv_path, args.accuracy_label = train_grid_accuracy(QUICK_GRID if q else GRID, out, epochs, q, say,
+                                                            args.device)
+        accuracy = read_accuracy_csv(str(csv_path))
+        accuracy_info = {"csv": str(csv_path), "label": args.accuracy_label, "source": "short training"}
+    elif accuracy is not None:
+        accuracy_info = {"csv": args.accuracy_csv, "label": args.accuracy_label, "source": "--accuracy-csv"}
     keep = out / "models" if args.keep_models else None
     tmp = None if keep else tempfile.TemporaryDirectory(prefix="deploy-bench-")
     work = keep or Path(tmp.name)  # type: ignore[union-attr]
@@ -672,8 +768,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               "graphs": {m: {k: v for k, v in g.items() if k in ("resolution", "mult_adds", "params",
                                                                   "background_bias", "candidates_per_image")}
                          for m, g in graphs.items()},
-              "floor": floor, "rows": rows, "openvino_vs_ort": ov_vs_ort, "grid": grid}
+              "floor": floor, "rows": rows, "openvino_vs_ort": ov_vs_ort, "grid": grid,
+              "accuracy": accuracy_info}
     result["targets"] = targets(rows, floor, q)
+    if grid and accuracy:
+        for r in grid:
+            if (r["alpha"], r["resolution"]) in accuracy:
+                r["top1"] = accuracy[(r["alpha"], r["resolution"])]
     if grid:
         result["figure"] = str(plot_figures45(grid, out / "figures45.png", machine, accuracy, args.accuracy_label))
     result["seconds"] = round(time.perf_counter() - started, 1)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -69,3 +70,26 @@ def test_accuracy_csv_and_figure(tmp_path):
     (tmp_path / "bad.csv").write_text("alpha,res\n1,224\n")
     with pytest.raises(ValueError, match="alpha,resolution,top1"):
         deploy.read_accuracy_csv(str(tmp_path / "bad.csv"))
+
+
+def test_short_training_writes_the_accuracy_axis_and_reuses_finished_runs(tmp_path, monkeypatch):
+    """The accuracy panels' numbers come from tasks.finegrained.train runs (one process each), read back from
+    their summary.json; a second call reuses them instead of training again."""
+    monkeypatch.setenv("MOBILENET_SUITE_CACHE", str(tmp_path / "cache"))
+    lines: list[str] = []
+    csv_path, label = deploy.train_grid_accuracy(deploy.QUICK_GRID, tmp_path / "out", 1, True, lines.append)
+    assert "synthetic" in label and "1 epochs" in label
+    acc = deploy.read_accuracy_csv(str(csv_path))
+    assert set(acc) == set(deploy.QUICK_GRID) and all(0.0 <= v <= 1.0 for v in acc.values())
+    rows = csv_path.read_text().splitlines()
+    assert rows[0].split(",")[:3] == ["alpha", "resolution", "top1"] and len(rows) == 3
+    for alpha, res in deploy.QUICK_GRID:  # the number in the CSV is the test top-1 the training reported
+        run = next((tmp_path / "out" / "accuracy").glob(f"*/{alpha:g}-{res}"))
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["evaluated_on"] == "test" and summary["selected_by"]["split"] == "val"
+        assert acc[(alpha, res)] == pytest.approx(summary["metrics"]["top1"], abs=1e-4)
+        model = yaml.safe_load((run / "config.yaml").read_text())["model"]  # the run trained that grid point
+        assert (model["alpha"], model["resolution"]) == (alpha, res)
+    lines.clear()
+    deploy.train_grid_accuracy(deploy.QUICK_GRID, tmp_path / "out", 1, True, lines.append)
+    assert sum("reused" in line for line in lines) == len(deploy.QUICK_GRID)
