@@ -60,6 +60,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -542,7 +543,8 @@ def plot_figures45(grid: Sequence[dict[str, Any]], path: Path, machine: str, acc
         ax2.plot([r["mult_adds"] / 1e6 for r in known], acc, "o")
         _plain_log(ax2, "x")
         ax2.set_xlabel("Mult-Adds (millions)")
-        ax2.set_ylabel(f"{accuracy_label} (%)")
+        ylabel = textwrap.fill(f"{accuracy_label} (%)", 36)  # a long label is wrapped, not clipped
+        ax2.set_ylabel(ylabel, fontsize=8)
         ax2.set_title("accuracy against Mult-Adds (the paper's Figure 4 axes)", fontsize=8)
         ax2.grid(True, which="both", alpha=0.3)
         ax3 = fig.add_subplot(1, panels, 3)
@@ -550,7 +552,7 @@ def plot_figures45(grid: Sequence[dict[str, Any]], path: Path, machine: str, acc
             ax3.plot([r.get(f"{prec}_ms") or np.nan for r in known], acc, marker, label=f"ONNX Runtime {prec}")
         _plain_log(ax3, "x")
         ax3.set_xlabel("latency, batch 1 (ms)")
-        ax3.set_ylabel(f"{accuracy_label} (%)")
+        ax3.set_ylabel(ylabel, fontsize=8)
         ax3.set_title("accuracy against measured latency", fontsize=8)
         ax3.grid(True, which="both", alpha=0.3)
         ax3.legend(fontsize=7)
