@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-images", help="folder of images to calibrate int8 on (the model's own preprocessing)")
     p.add_argument("--calib-count", type=int, default=500, help="at most this many calibration images (default 500)")
     p.add_argument("--calib-method", choices=CALIB_METHODS, default="minmax", help="int8 range calibration")
+    p.add_argument("--int8-stem", action="store_true",
+                   help="quantize the stem as well (default: the first convolution and the depthwise one after it "
+                        "stay fp32, where ONNX Runtime's int8 kernels are slower than fp32)")
     p.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size of the graph")
     p.add_argument("--resolution", type=int, help="input side in pixels (default: the checkpoint's)")
     p.add_argument("--val-data-root", help="images to compare int8 with fp32 on (default: the calibration images); "
@@ -56,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                calib_count=args.calib_count, calib_method=args.calib_method, batch=args.batch,
                                resolution=args.resolution, val_data_root=args.val_data_root,
                                val_ann=args.val_ann,
-                               batch_size=args.batch_size, device=str(pick_device(args.device or "cpu")))
+                               batch_size=args.batch_size, int8_stem=args.int8_stem, device=str(pick_device(args.device or "cpu")))
     return 0 if report["ok"] else 1
 
 
