@@ -58,8 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = export_checkpoint(args.checkpoint, out, int8=args.int8, calib_images=args.calib_images,
                                calib_count=args.calib_count, calib_method=args.calib_method, batch=args.batch,
                                resolution=args.resolution, val_data_root=args.val_data_root,
-                               val_ann=args.val_ann,
-                               batch_size=args.batch_size, int8_stem=args.int8_stem, device=str(pick_device(args.device or "cpu")))
+                               val_ann=args.val_ann, batch_size=args.batch_size, int8_stem=args.int8_stem,
+                               device=str(pick_device(args.device or "cpu")))
     return 0 if report["ok"] else 1
 
 
