@@ -33,6 +33,7 @@ def test_quick_minimal_run_and_a_failing_worker(tmp_path, capsys):
     # the floor of 1.0 MobileNet-32 at batch 1: Mult-Adds x 2 / (2 cores x 64 FLOP x 3 GHz)
     ma = result["graphs"]["classifier"]["mult_adds"]
     assert result["floor"]["classifier"]["1"] == pytest.approx(ma * 2 / (2 * 64 * 3e9) * 1e3)
+    assert result["floor"]["peak_source"] == "assumed" and result["floor"]["probes"] == []  # given: no probe
     targets = {t["target"]: t for t in result["targets"]}
     assert targets["batch 1: ort_int8 <= 0.12x timm eager"]["status"] in ("PASS", "MISS")
     assert targets["batch 32: ort_int8 <= 0.08x timm eager"]["status"] == "n/a"  # batch 32 not timed
@@ -56,6 +57,23 @@ def test_flop_per_cycle_assumptions_and_floor():
     assert "assumed" in deploy.fp32_flop_per_cycle(intel)[1]
     # 569 M Mult-Adds, batch 32, 2 cores x 64 FLOP x 2.5 GHz: 36.4 GFLOP / 320 GFLOP/s = 113.8 ms
     assert deploy.arithmetic_floor_ms(568_748_000, 32, 2, 64, 2.5) == pytest.approx(113.75, rel=1e-3)
+
+
+def test_measured_fp32_peak_and_the_floor_it_sets():
+    info = deploy.cpu_info()
+    value, why = deploy.measure_fp32_peak_gflops(1, info, 0.2)
+    if value is None:
+        pytest.skip(why)  # not x86, no C compiler, no FMA
+    ghz, _ = deploy.measure_clock_ghz(1, 0.2)
+    # one core: a vector FMA unit does 8-64 fp32 FLOP per cycle; a shared CI host may give it less than its clock
+    assert 1.0 < value / ghz < 130 and "FMAs on 1 cores" in why
+    fl = deploy.floor_summary(2, 64, "assumed", 2.0, "given", [(200.0, "before: x"), (None, "after: y"),
+                                                                 (250.0, "after: z")])
+    assert fl["peak_gflops"] == 250.0 and fl["peak_source"] == "measured" and fl["assumed_gflops"] == 256.0
+    assert "62.5 FLOP per cycle" in fl["peak_how"]  # 250 GFLOP/s / (2 cores x 2.0 GHz)
+    assert deploy.floor_ms(568_748_000, 32, 250.0) == pytest.approx(145.6, rel=1e-3)
+    none = deploy.floor_summary(2, 32, "assumed", 3.0, "given", [(None, "before: not measured (no cc)")])
+    assert none["peak_source"] == "assumed" and none["peak_gflops"] == 192.0 and "no cc" in none["peak_how"]
 
 
 def test_accuracy_csv_and_figure(tmp_path):
