@@ -30,12 +30,17 @@ def test_quick_minimal_run_and_a_failing_worker(tmp_path, capsys):
         assert r["runs"] == 6 and r["p90_ms"] >= r["median_ms"] > 0 and r["reference"] == "timm_eager"
     assert rows["timm_eager"]["ratio"] == 1.0
     assert rows["ort_int8"]["ratio"] == pytest.approx(rows["ort_int8"]["median_ms"] / rows["timm_eager"]["median_ms"])
+    # per round: each round's median over timm's in the same round
+    i8, ref = rows["ort_int8"], rows["timm_eager"]
+    assert i8["round_ratios"] == pytest.approx([a / b for a, b in zip(i8["round_medians_ms"], ref["round_medians_ms"])])
+    assert len(i8["round_ratios"]) == 2 and ref["round_ratios"] == [1.0, 1.0]
     # the floor of 1.0 MobileNet-32 at batch 1: Mult-Adds x 2 / (2 cores x 64 FLOP x 3 GHz)
     ma = result["graphs"]["classifier"]["mult_adds"]
     assert result["floor"]["classifier"]["1"] == pytest.approx(ma * 2 / (2 * 64 * 3e9) * 1e3)
     assert result["floor"]["peak_source"] == "assumed" and result["floor"]["probes"] == []  # given: no probe
     targets = {t["target"]: t for t in result["targets"]}
     assert targets["batch 1: ort_int8 <= 0.12x timm eager"]["status"] in ("PASS", "MISS")
+    assert "rounds within" in targets["batch 1: ort_int8 <= 0.12x timm eager"]["note"]
     assert targets["batch 32: ort_int8 <= 0.08x timm eager"]["status"] == "n/a"  # batch 32 not timed
     assert "quick run: not a measurement" in text and "| 1 | ort_int8 |" in (out / "deploy.md").read_text()
 
