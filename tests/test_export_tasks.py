@@ -227,13 +227,27 @@ def test_int8_stem_flag_and_the_stem_of_each_kind(files, tmp_path):
     (the detector's backbone sits behind the graph's resize, its names differ)."""
     calib = files / "calib"
     q = export_checkpoint(files / "cls.pt", tmp_path / "a" / "m.onnx", int8=True, calib_images=calib,
-                          int8_stem=True, say=lambda s: None)["int8"]
+                          int8_stem=True, int8_activations="uint8", say=lambda s: None)["int8"]
     assert q["fp32_nodes"] == [] and _stem_is_quantized(tmp_path / "a" / "m.int8.onnx")
+    # --int8-activations uint8: every activation QuantizeLinear has a uint8 zero point (QDQ U8S8), weights int8
+    assert q["activations"] == "uint8" and _zero_point_types(tmp_path / "a" / "m.int8.onnx") == {"uint8"}
     for name in ("cls.pt", "face.pt", "ssd300.pt"):
         out = tmp_path / name / "m.onnx"
         q = export_checkpoint(files / name, out, int8=True, calib_images=calib, say=lambda s: None)["int8"]
         assert len(q["fp32_nodes"]) == 4, (name, q["fp32_nodes"])
         assert not _stem_is_quantized(out.with_name("m.int8.onnx")), name
+        assert q["activations"] == "int8" and _zero_point_types(out.with_name("m.int8.onnx")) == {"int8"}, name
+    with pytest.raises(ValueError, match="--int8-activations must be one of int8, uint8, got 'u8'"):
+        export_checkpoint(files / "cls.pt", tmp_path / "b" / "m.onnx", int8=True, calib_images=calib,
+                          int8_activations="u8", say=lambda s: None)
+
+
+def _zero_point_types(path):
+    """The element types of the zero points of a graph's QuantizeLinear nodes (the activations' type)."""
+    g = onnx.load(str(path)).graph
+    inits = {t.name: t for t in g.initializer}
+    return {onnx.helper.tensor_dtype_to_np_dtype(inits[n.input[2]].data_type).name
+            for n in g.node if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits}
 
 
 def test_detection_task_metric_is_the_evaluate_commands(files, tmp_path):

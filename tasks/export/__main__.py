@@ -17,7 +17,7 @@ from tasks.cli import run_cli
 from tasks.distributed import pick_device
 from tasks.flags import add_eval_flags
 
-from .core import CALIB_METHODS, export_checkpoint
+from .core import CALIB_METHODS, INT8_ACTIVATIONS, export_checkpoint
 
 __all__ = ["build_parser", "main"]
 
@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8-stem", action="store_true",
                    help="quantize the stem as well (default: the first convolution and the depthwise one after it "
                         "stay fp32, where ONNX Runtime's int8 kernels are slower than fp32)")
+    p.add_argument("--int8-activations", choices=INT8_ACTIVATIONS, default="int8",
+                   help="int8 (QDQ S8S8, default: ONNX Runtime's choice on x86) or uint8 (QDQ U8S8: what OpenVINO's "
+                        "int8 kernels take; as fast in ONNX Runtime on CPUs with VNNI)")
     p.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size of the graph")
     p.add_argument("--resolution", type=int, help="input side in pixels (default: the checkpoint's)")
     p.add_argument("--val-data-root", help="images to compare int8 with fp32 on (default: the calibration images); "
@@ -59,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                calib_count=args.calib_count, calib_method=args.calib_method, batch=args.batch,
                                resolution=args.resolution, val_data_root=args.val_data_root,
                                val_ann=args.val_ann, batch_size=args.batch_size, int8_stem=args.int8_stem,
+                               int8_activations=args.int8_activations,
                                device=str(pick_device(args.device or "cpu")))
     return 0 if report["ok"] else 1
 

@@ -43,11 +43,12 @@ from .metric import ANN_FORMAT, labelled, task_metric
 from .runtime import run_graph, session
 from .verify import int8_agreement, parity, split_detections
 
-__all__ = ["CALIB_METHODS", "QUANT_OP_TYPES", "export_checkpoint", "fp32_stem_nodes", "parse_batch", "sidecar_path",
+__all__ = ["CALIB_METHODS", "INT8_ACTIVATIONS", "QUANT_OP_TYPES", "export_checkpoint", "fp32_stem_nodes", "parse_batch", "sidecar_path",
            "int8_path", "onnx_op_types"]
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 ACTIVATIONS = ("Relu", "Clip")
+INT8_ACTIVATIONS = ("int8", "uint8")
 QUANT_OP_TYPES = ["Conv", "Gemm", "MatMul", "Relu", "Clip", "GlobalAveragePool", "Flatten"]
 PARITY_IMAGES = 4
 
@@ -124,14 +125,14 @@ def _calib_method(name: str):
     return table[name]
 
 
-def _quantize(fp32: Path, out: Path, reader: ImageBatchReader, method: str, int8_stem: bool = False
-              ) -> dict[str, Any]:
+def _quantize(fp32: Path, out: Path, reader: ImageBatchReader, method: str, int8_stem: bool = False,
+              activations: str = "int8") -> dict[str, Any]:
     """Static QDQ int8 of ``fp32`` into ``out`` (atomic); returns notes on how it went."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    notes: dict[str, Any] = {"format": "QDQ", "per_channel": True, "weights": "int8", "activations": "int8",
+    notes: dict[str, Any] = {"format": "QDQ", "per_channel": True, "weights": "int8", "activations": activations,
                              "method": method, "op_types": QUANT_OP_TYPES}
     with tempfile.TemporaryDirectory(prefix="export-int8-") as tmp:
         source = Path(tmp) / "pre.onnx"
@@ -145,7 +146,8 @@ def _quantize(fp32: Path, out: Path, reader: ImageBatchReader, method: str, int8
         notes["fp32_nodes"] = keep
         with atomic_path(out) as dest:
             quantize_static(str(source), str(dest), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+                            weight_type=QuantType.QInt8,
                             op_types_to_quantize=QUANT_OP_TYPES, calibrate_method=_calib_method(method),
                             nodes_to_exclude=keep)
     return notes
@@ -187,7 +189,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
                       calib_images: str | os.PathLike | None = None, calib_count: int = 500,
                       calib_method: str = "minmax", batch: str | int | None = None, resolution: int | None = None,
                       val_data_root: str | os.PathLike | None = None, val_ann: str | os.PathLike | None = None,
-                      batch_size: int = 8, int8_stem: bool = False,
+                      batch_size: int = 8, int8_stem: bool = False, int8_activations: str = "int8",
                       device: str = "cpu", say: Callable[[str], None] = print) -> dict[str, Any]:
     """Export ``checkpoint`` to ``out`` (and ``out``'s ``.int8.onnx``), verify, write ``export.json``.
 
@@ -207,6 +209,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
         val_ann: the labels of ``val_data_root`` in the task's format (COCO json, pairs.txt, CSV, ...).
         batch_size: images per calibration / verification step of a dynamic-batch graph.
         int8_stem: quantize the stem too (default: it stays fp32, see :func:`fp32_stem_nodes`).
+        int8_activations: ``"int8"`` (QDQ S8S8, ONNX Runtime's recommended x86 format) or ``"uint8"`` (QDQ
+            U8S8: what OpenVINO's int8 kernels take; as fast in ONNX Runtime on VNNI CPUs, but on x86 without
+            VNNI its U8S8 kernels can saturate, ONNX Runtime's quantization guide warns).
         device: where PyTorch runs the reference.
         say: where progress lines go.
 
@@ -222,6 +227,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
         raise ValueError(f"--out {out}: give a file name ending in .onnx")
     if calib_method not in CALIB_METHODS:
         raise ValueError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {calib_method!r}")
+    if int8_activations not in INT8_ACTIVATIONS:
+        raise ValueError(f"--int8-activations must be one of {', '.join(INT8_ACTIVATIONS)}, got {int8_activations!r}")
     if int8 and calib_images is None:
         raise ValueError("--int8 needs --calib-images DIR (a few hundred of your images, to calibrate the int8 ranges)")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -298,7 +305,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
         q = int8_path(out)
         say(f"  calibrating int8 ({calib_method}) on {len(calib)} images of {calib_images}"
             + (f" ({calib.stats['corrupt_images']} undecodable skipped)" if calib.stats["corrupt_images"] else ""))
-        notes = _quantize(out, q, ImageBatchReader(calib, INPUT_NAME, step), calib_method, int8_stem)
+        notes = _quantize(out, q, ImageBatchReader(calib, INPUT_NAME, step), calib_method, int8_stem,
+                          int8_activations)
         if notes["fp32_nodes"]:
             say(f"  kept fp32 (the stem; --int8-stem quantizes it too): {', '.join(notes['fp32_nodes'])}")
         atomic_write_json(sidecar_path(q), _sidecar(meta, spec.kind, res, fixed, spec.output_names, "int8", checkpoint))
