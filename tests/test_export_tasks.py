@@ -378,6 +378,11 @@ def test_detection_parity_matches_reordered_ties():
     assert _match_detections(swapped, ref, 2)["per_output"]["boxes"] == 0.0
     fewer = [a[:2] for a in ref]
     assert "count_mismatch_onnx_vs_torch" in _match_detections(fewer, ref, 2)
+    # boxes compared in units of the input side: 2e-4 px on a 256-px input is 7.8e-7, and reported in px too
+    moved = [boxes + np.float32(2e-4) * (np.arange(4) == 2), scores, labels, image]
+    m = _match_detections(moved, ref, 2, 256.0)
+    assert m["per_output"]["boxes"] == pytest.approx(2e-4 / 256, rel=0.05) and m["per_output"]["scores"] == 0.0
+    assert m["boxes_max_abs_px"] == pytest.approx(2e-4, rel=0.05)
 
 
 def test_undecodable_calibration_images_are_skipped_and_counted(files, tmp_path):
