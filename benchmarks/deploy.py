@@ -94,7 +94,7 @@ CONFIGS = ("timm_eager", "ours_eager", "ours_channels_last", "ours_compile", "or
 GRID = [(a, r) for a in (1.0, 0.75, 0.5, 0.25) for r in (224, 192, 160, 128)]
 QUICK_GRID = [(0.25, 128), (0.5, 160)]
 SSD_CLASSES = 91
-FACTORIES = "benchmarks._deploy_steps"  # timm_step, openvino_step: built inside the worker processes
+FACTORIES = "benchmarks._deploy_steps"  # timm_step: built inside the worker processes
 FLOOR_SLACK = 1.5
 # (batch, configuration, largest median / timm eager's): issue 12, item 5
 RATIO_TARGETS = [(1, "ort_int8", 0.12), (1, "ort_fp32", 0.27), (32, "ort_int8", 0.08)]
@@ -428,8 +428,8 @@ def configs_for(model: str, g: dict[str, Any], batch: int, wanted: Sequence[str]
         "ours_compile": (f"{mod}:torch_step", {"checkpoint": g["checkpoint"], "mode": "compile"}),
         "ort_fp32": (f"{mod}:ort_step", {"path": g["fp32"]}),
         "ort_int8": (f"{mod}:ort_step", {"path": g["int8"]}),
-        "openvino_fp32": (f"{FACTORIES}:openvino_step", {"path": g["fp32"]}),
-        "openvino_int8": (f"{FACTORIES}:openvino_step", {"path": g.get("int8_u8", g["int8"])}),
+        "openvino_fp32": (f"{mod}:openvino_step", {"path": g["fp32"]}),
+        "openvino_int8": (f"{mod}:openvino_step", {"path": g.get("int8_u8", g["int8"])}),
     }
     out = []
     for name in wanted:

@@ -1,6 +1,7 @@
 """tasks.export: every kind of checkpoint to ONNX (parity with PyTorch), int8 on a trained model, bench, errors."""
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -305,6 +306,28 @@ def test_bench_times_each_runtime(files, tmp_path):
     assert result["ratios"][0]["speedup_vs_pytorch"] > 0
     with pytest.raises(FileNotFoundError, match="nope.onnx"):
         bench([str(tmp_path / "nope.onnx")], say=lambda s: None)
+    with pytest.raises(ValueError, match="--runtime must be among onnxruntime, openvino, got \\['tvm'\\]"):
+        bench([str(out)], runtimes=["tvm"], say=lambda s: None)
+
+
+def test_bench_openvino_runtime_or_a_clear_error(files, tmp_path, monkeypatch):
+    """``--runtime openvino``: timed beside ONNX Runtime where OpenVINO is installed (optional extra), else an
+    error saying how to install it."""
+    out = tmp_path / "model.onnx"
+    export_checkpoint(files / "cls.pt", out, say=lambda s: None)
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match=r"OpenVINO is not installed \(pip install openvino"):
+            bench([str(out)], runtimes=["openvino"], say=lambda s: None)
+        return
+    result = bench([str(out)], batches=[1], runtimes=["onnxruntime", "openvino"], warmup=1, runs=2, rounds=1,
+                   say=lambda s: None)
+    assert [r["runtime"] for r in result["rows"]] == ["onnxruntime", "openvino"]
+    assert all(r["runs"] == 2 and r["median_ms"] > 0 for r in result["rows"])
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
+    with pytest.raises(ValueError, match="pip install -e '.\\[openvino\\]'"):
+        bench([str(out)], runtimes=["openvino"], say=lambda s: None)
 
 
 def test_a_failed_export_leaves_the_previous_file(files, tmp_path, monkeypatch):

@@ -16,8 +16,8 @@ prints each graph's speed-up over it.
 The same machinery serves ``benchmarks/deploy.py`` and ``benchmarks/backbone.py``: a :class:`Config` names
 a factory (``"module:function"``) that builds a zero-argument step inside the worker process, and
 :func:`interleaved` times a list of them. Built-in factories: :func:`ort_step` (an ONNX file in ONNX
-Runtime) and :func:`torch_step` (a checkpoint's network in PyTorch: eager, channels_last or
-``torch.compile``).
+Runtime), :func:`openvino_step` (the same in OpenVINO, ``--runtime openvino``, when it is installed) and
+:func:`torch_step` (a checkpoint's network in PyTorch: eager, channels_last or ``torch.compile``).
 """
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ import numpy as np
 
 from tasks.cli import run_cli
 
-__all__ = ["Config", "WorkerError", "bench", "graph_input", "interleaved", "main", "ort_step", "random_batch",
+__all__ = ["Config", "RUNTIMES", "WorkerError", "bench", "graph_input", "interleaved", "main", "openvino_step",
+           "ort_step", "random_batch",
            "summarize", "torch_module_step", "torch_step"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -104,6 +105,25 @@ def ort_step(*, path: str, batch: int, resolution: int, threads: int) -> Callabl
     sess = session(path, threads=threads)
     feed = {sess.get_inputs()[0].name: random_batch(batch, resolution)}
     return lambda: sess.run(None, feed)
+
+
+def openvino_step(*, path: str, batch: int, resolution: int, threads: int) -> Callable[[], Any]:
+    """OpenVINO (CPU) on an ONNX file: input reshaped to the static batch, one stream, ``threads`` threads,
+    f32 inference precision (OpenVINO would otherwise run an "fp32" graph in bf16 on CPUs with bf16). For
+    int8, give it a graph exported with ``--int8-activations uint8``: its CPU plugin runs the S8S8 one slowly."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(path)
+    model.reshape({model.inputs[0].get_any_name(): [batch, 3, resolution, resolution]})
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+                                                 "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    x = random_batch(batch, resolution)
+    return lambda: request.infer({0: x})
+
+
+RUNTIMES = {"onnxruntime": "ort_step", "openvino": "openvino_step"}
 
 
 def torch_module_step(module: Any, batch: int, resolution: int, threads: int, mode: str = "eager") -> Callable[[], Any]:
@@ -288,9 +308,10 @@ def _row(runtime: str, target: str, batch: int, result: dict[str, Any]) -> dict[
 
 
 def bench(graphs: Sequence[str], *, batches: Sequence[int] = (1,), compare: str | None = None, threads: int = 2,
-          warmup: int = 5, runs: int = 20, rounds: int = 5, say: Any = print) -> dict[str, Any]:
-    """Time each graph (and ``compare``'s PyTorch network) at each batch, each in its own process, the
-    configurations of one batch in interleaved rounds (:func:`interleaved`).
+          warmup: int = 5, runs: int = 20, rounds: int = 5, runtimes: Sequence[str] = ("onnxruntime",),
+          say: Any = print) -> dict[str, Any]:
+    """Time each graph in each of ``runtimes`` (and ``compare``'s PyTorch network) at each batch, each in its
+    own process, the configurations of one batch in interleaved rounds (:func:`interleaved`).
 
     Returns:
         ``{"rows": [{runtime, file, batch, median_ms, p90_ms, images_per_s, runs}], "ratios": [...]}``;
@@ -302,6 +323,15 @@ def bench(graphs: Sequence[str], *, batches: Sequence[int] = (1,), compare: str 
             raise ValueError(f"{name} must be >= {low}, got {v}")
     if not batches or any(b < 1 for b in batches):
         raise ValueError(f"--batch needs positive batch sizes, got {list(batches)}")
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown or not runtimes:
+        raise ValueError(f"--runtime must be among {', '.join(RUNTIMES)}, got {list(runtimes)}")
+    if "openvino" in runtimes:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            raise ValueError("--runtime openvino: OpenVINO is not installed (pip install openvino, or "
+                             "pip install -e '.[openvino]')") from None
     if compare is not None and not Path(compare).is_file():
         raise FileNotFoundError(f"--compare checkpoint not found: {compare}")
     info = {g: graph_input(g) for g in graphs}
@@ -310,6 +340,7 @@ def bench(graphs: Sequence[str], *, batches: Sequence[int] = (1,), compare: str 
         raise ValueError(f"the graphs take different resolutions {sorted(resolutions)}; time them separately")
     res = resolutions.pop()
     rows, ratios = [], []
+    runtime_of: dict[str, str] = {}
     for b in batches:
         todo = []
         for g in dict.fromkeys(graphs):
@@ -317,7 +348,9 @@ def bench(graphs: Sequence[str], *, batches: Sequence[int] = (1,), compare: str 
             if fixed is not None and fixed != b:
                 say(f"  skip {g} at batch {b}: the graph is for batch {fixed}")
                 continue
-            todo.append(Config(f"onnxruntime {g}", f"{__name__}:ort_step", b, res, {"path": str(g)}))
+            for rt in dict.fromkeys(runtimes):
+                runtime_of[f"{rt} {g}"] = rt
+                todo.append(Config(f"{rt} {g}", f"{__name__}:{RUNTIMES[rt]}", b, res, {"path": str(g)}))
         if not todo:
             continue
         if compare is not None:
@@ -327,7 +360,7 @@ def bench(graphs: Sequence[str], *, batches: Sequence[int] = (1,), compare: str 
         if torch_row is not None:
             rows.append(torch_row)
         for c in todo[1 if compare is not None else 0:]:
-            row = _row("onnxruntime", c.kwargs["path"], b, result[c.name])
+            row = _row(runtime_of[c.name], c.kwargs["path"], b, result[c.name])
             rows.append(row)
             if torch_row is not None:
                 ratios.append({"file": row["file"], "batch": b,
@@ -350,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("graphs", nargs="*", help="the .onnx files (e.g. model.onnx model.int8.onnx)")
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
     p.add_argument("--compare", help="a checkpoint: also time its PyTorch network and print the ratios")
+    p.add_argument("--runtime", nargs="+", default=["onnxruntime"], choices=list(RUNTIMES),
+                   help="runtimes to time each graph in (default onnxruntime; openvino if installed)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of every runtime (default 2)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
     p.add_argument("--runs", type=int, default=20, help="timed runs of each configuration (default 20)")
@@ -371,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         prepare_output_file(args.out)  # before minutes of timing
     result = bench(args.graphs, batches=args.batch, compare=args.compare, threads=args.threads,
-                   warmup=args.warmup, runs=args.runs, rounds=args.rounds)
+                   warmup=args.warmup, runs=args.runs, rounds=args.rounds, runtimes=args.runtime)
     if args.out:
         from datasets.io import atomic_write_json
 
