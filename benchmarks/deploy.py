@@ -12,9 +12,9 @@ threads:
   ``torch.no_grad``);
 * ``ort_fp32``, ``ort_int8``: ONNX Runtime on the graphs ``tasks.export.export_checkpoint`` writes (BN folded;
   int8: static QDQ, per-channel weights, calibrated on a few synthetic images);
-* ``openvino_fp32``, ``openvino_int8``: OpenVINO on the fp32 ONNX file and on an int8 one exported with uint8
-  activations (``--int8-activations uint8``, QDQ U8S8: OpenVINO's CPU plugin ran the default S8S8 graph about 4x
-  slower than this one on an Intel Xeon), when ``import openvino`` works (not a dependency of the suite; skipped
+* ``openvino_fp32``, ``openvino_int8``: OpenVINO on the same fp32 and int8 ONNX files (the int8 one with the
+  default uint8 activations, QDQ U8S8; OpenVINO's CPU plugin ran an S8S8 graph about 4x slower on an Intel
+  Xeon), when ``import openvino`` works (not a dependency of the suite; skipped
   otherwise). The input is reshaped to the static batch and
   ``INFERENCE_PRECISION_HINT`` is ``f32`` (OpenVINO would otherwise run "fp32" in bf16 on CPUs with bf16).
 
@@ -311,19 +311,18 @@ def write_calibration_images(folder: Path, count: int, size: int = 320) -> Path:
     return folder
 
 
-def _export(ckpt: Path, out: Path, calib: Path, calib_count: int, say: Callable[[str], None],
-            activations: str = "int8") -> dict[str, Any]:
+def _export(ckpt: Path, out: Path, calib: Path, calib_count: int, say: Callable[[str], None]) -> dict[str, Any]:
     report = export_checkpoint(ckpt, out, int8=True, calib_images=calib, calib_count=calib_count,
-                               int8_activations=activations, say=lambda line: say("    " + line.strip()))
+                               say=lambda line: say("    " + line.strip()))
     if not report["ok"]:
         say(f"    warning: {out} differs from PyTorch by {report['parity_fp32_vs_torch']['max_abs_diff']:.2e}")
     return report
 
 
 def build_classifier_graphs(work: Path, resolution: int, calib: Path, calib_count: int,
-                            say: Callable[[str], None], uint8: bool = False) -> dict[str, Any]:
+                            say: Callable[[str], None]) -> dict[str, Any]:
     """timm's random ``mobilenetv1_100`` weights, saved for timm, and the same weights in our classifier:
-    its checkpoint, fp32 and int8 graphs (``uint8``: also one with uint8 activations, for OpenVINO), Mult-Adds."""
+    its checkpoint, fp32 and int8 graphs, Mult-Adds."""
     import timm
 
     from backbone import convert_timm_mobilenetv1
@@ -341,19 +340,7 @@ def build_classifier_graphs(work: Path, resolution: int, calib: Path, calib_coun
     prof = count_mult_adds(ours, torch.zeros(1, 3, resolution, resolution))
     return {"checkpoint": str(work / "classifier.pt"), "timm_weights": str(work / "timm_mobilenetv1_100.pt"),
             "fp32": str(work / "classifier" / "model.onnx"), "int8": str(work / "classifier" / "model.int8.onnx"),
-            **_uint8_graph(work, "classifier", calib, calib_count, say, uint8),
             "resolution": resolution, "mult_adds": prof.mult_adds, "params": prof.params}
-
-
-def _uint8_graph(work: Path, name: str, calib: Path, calib_count: int, say: Callable[[str], None],
-                 wanted: bool) -> dict[str, str]:
-    """The int8 graph with uint8 activations (QDQ U8S8), for OpenVINO: its CPU plugin runs the int8
-    (S8S8) graph several times slower than its own fp32 (2026.4, Intel Xeon), and the U8S8 one in int8."""
-    if not wanted:
-        return {}
-    say(f"  {name}: int8 with uint8 activations (for OpenVINO)")
-    _export(work / f"{name}.pt", work / f"{name}_u8" / "model.onnx", calib, calib_count, say, "uint8")
-    return {"int8_u8": str(work / f"{name}_u8" / "model.int8.onnx")}
 
 
 def background_prior(ssd: torch.nn.Module, resolution: int, candidates: int) -> float:
@@ -388,7 +375,7 @@ def background_prior(ssd: torch.nn.Module, resolution: int, candidates: int) -> 
 
 
 def build_ssd_graphs(work: Path, calib: Path, calib_count: int, candidates: int,
-                     say: Callable[[str], None], uint8: bool = False) -> dict[str, Any]:
+                     say: Callable[[str], None]) -> dict[str, Any]:
     """SSD 300 (1.0 MobileNet, 91 classes, random weights with a background prior): checkpoint, graphs,
     Mult-Adds (network only: decoding and NMS cost no Mult-Adds)."""
     from tasks.detection.build import build_detector
@@ -406,7 +393,7 @@ def build_ssd_graphs(work: Path, calib: Path, calib_count: int, candidates: int,
     _export(work / "ssd.pt", work / "ssd" / "model.onnx", calib, calib_count, say)
     prof = count_mult_adds(build_graph(det, meta, size).module, torch.zeros(1, 3, size, size))
     return {"checkpoint": str(work / "ssd.pt"), "fp32": str(work / "ssd" / "model.onnx"),
-            "int8": str(work / "ssd" / "model.int8.onnx"), **_uint8_graph(work, "ssd", calib, calib_count, say, uint8),
+            "int8": str(work / "ssd" / "model.int8.onnx"),
             "resolution": size, "mult_adds": prof.mult_adds,
             "params": prof.params, "background_bias": bias, "candidates_per_image": candidates}
 
@@ -429,7 +416,7 @@ def configs_for(model: str, g: dict[str, Any], batch: int, wanted: Sequence[str]
         "ort_fp32": (f"{mod}:ort_step", {"path": g["fp32"]}),
         "ort_int8": (f"{mod}:ort_step", {"path": g["int8"]}),
         "openvino_fp32": (f"{mod}:openvino_step", {"path": g["fp32"]}),
-        "openvino_int8": (f"{mod}:openvino_step", {"path": g.get("int8_u8", g["int8"])}),
+        "openvino_int8": (f"{mod}:openvino_step", {"path": g["int8"]}),
     }
     out = []
     for name in wanted:
@@ -879,11 +866,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         calib = write_calibration_images(work / "calib", calib_count)
         graphs: dict[str, Any] = {}
-        u8 = ov is not None and "openvino_int8" in args.configs  # OpenVINO's int8 takes uint8 activations
         if "classifier" in args.models:
-            graphs["classifier"] = build_classifier_graphs(work, args.resolution, calib, calib_count, say, u8)
+            graphs["classifier"] = build_classifier_graphs(work, args.resolution, calib, calib_count, say)
         if "ssd" in args.models:
-            graphs["ssd"] = build_ssd_graphs(work, calib, calib_count, args.ssd_candidates, say, u8)
+            graphs["ssd"] = build_ssd_graphs(work, calib, calib_count, args.ssd_candidates, say)
         rows: list[dict[str, Any]] = []
         for model in args.models:
             rows += time_model(model, graphs[model], args, ov is not None, say)

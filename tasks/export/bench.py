@@ -109,8 +109,9 @@ def ort_step(*, path: str, batch: int, resolution: int, threads: int) -> Callabl
 
 def openvino_step(*, path: str, batch: int, resolution: int, threads: int) -> Callable[[], Any]:
     """OpenVINO (CPU) on an ONNX file: input reshaped to the static batch, one stream, ``threads`` threads,
-    f32 inference precision (OpenVINO would otherwise run an "fp32" graph in bf16 on CPUs with bf16). For
-    int8, give it a graph exported with ``--int8-activations uint8``: its CPU plugin runs the S8S8 one slowly."""
+    f32 inference precision (OpenVINO would otherwise run an "fp32" graph in bf16 on CPUs with bf16). Its
+    int8 kernels take the default uint8 activations; a graph exported with ``--int8-activations int8`` (S8S8)
+    ran about 4x slower there (Intel Xeon, 2026.4)."""
     import openvino as ov
 
     core = ov.Core()

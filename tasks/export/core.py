@@ -7,8 +7,9 @@ trained checkpoint becomes the fast thing the paper is about. Steps of :func:`ex
 2. ``tasks.export.graph`` folds BatchNorm and wraps the network (detectors: decoding + NMS in the graph).
 3. ``backbone.export.export_module`` traces it to ``model.onnx`` (atomic; opset 17).
 4. With ``int8``: ONNX Runtime static quantization, QDQ format, per-channel int8 weights (per-tensor
-   weights collapse MobileNet v1's depthwise layers), activations calibrated on the user's images through
-   the checkpoint's own preprocessing (MinMax, Entropy or Percentile). Only the network's layers are
+   weights collapse MobileNet v1's depthwise layers), uint8 activations (QDQ U8S8, see
+   :data:`INT8_ACTIVATIONS`) calibrated on the user's images through the checkpoint's own preprocessing
+   (MinMax, Entropy or Percentile). Only the network's layers are
    quantized (:data:`QUANT_OP_TYPES`: Conv, Gemm, MatMul and the ReLU / ReLU6 / pooling between them, so
    ORT runs int8 convolutions end to end; with Conv alone the activations went back to fp32 after every
    conv and int8 was only 1.16x faster than fp32 at batch 32, measured); softmax, box decoding, NMS and
@@ -48,7 +49,12 @@ __all__ = ["CALIB_METHODS", "INT8_ACTIVATIONS", "QUANT_OP_TYPES", "export_checkp
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 ACTIVATIONS = ("Relu", "Clip")
-INT8_ACTIVATIONS = ("int8", "uint8")
+# uint8 (QDQ U8S8) is the default. ONNX Runtime's x86 kernels are U8S8: it rewrites an S8S8 graph's
+# Q -> DQ pairs to uint8 before fusing them into QLinearConv, but in 1.32 not where an activation feeds
+# several convolutions (SSD's feature maps feed the next layer and two heads), so every convolution at such
+# a branch stayed fp32 between Q and DQ: SSD 300's S8S8 graph ran 1.7x slower than its U8S8 one (AMD EPYC,
+# 2026-12-04), the classifier's as fast. OpenVINO's CPU plugin, too, runs int8 kernels on U8S8 only.
+INT8_ACTIVATIONS = ("uint8", "int8")
 QUANT_OP_TYPES = ["Conv", "Gemm", "MatMul", "Relu", "Clip", "GlobalAveragePool", "Flatten"]
 PARITY_IMAGES = 4
 
@@ -126,7 +132,7 @@ def _calib_method(name: str):
 
 
 def _quantize(fp32: Path, out: Path, reader: ImageBatchReader, method: str, int8_stem: bool = False,
-              activations: str = "int8") -> dict[str, Any]:
+              activations: str = "uint8") -> dict[str, Any]:
     """Static QDQ int8 of ``fp32`` into ``out`` (atomic); returns notes on how it went."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -189,7 +195,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
                       calib_images: str | os.PathLike | None = None, calib_count: int = 500,
                       calib_method: str = "minmax", batch: str | int | None = None, resolution: int | None = None,
                       val_data_root: str | os.PathLike | None = None, val_ann: str | os.PathLike | None = None,
-                      batch_size: int = 8, int8_stem: bool = False, int8_activations: str = "int8",
+                      batch_size: int = 8, int8_stem: bool = False, int8_activations: str = "uint8",
                       device: str = "cpu", say: Callable[[str], None] = print) -> dict[str, Any]:
     """Export ``checkpoint`` to ``out`` (and ``out``'s ``.int8.onnx``), verify, write ``export.json``.
 
@@ -209,9 +215,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
         val_ann: the labels of ``val_data_root`` in the task's format (COCO json, pairs.txt, CSV, ...).
         batch_size: images per calibration / verification step of a dynamic-batch graph.
         int8_stem: quantize the stem too (default: it stays fp32, see :func:`fp32_stem_nodes`).
-        int8_activations: ``"int8"`` (QDQ S8S8, ONNX Runtime's recommended x86 format) or ``"uint8"`` (QDQ
-            U8S8: what OpenVINO's int8 kernels take; as fast in ONNX Runtime on VNNI CPUs, but on x86 without
-            VNNI its U8S8 kernels can saturate, ONNX Runtime's quantization guide warns).
+        int8_activations: ``"uint8"`` (QDQ U8S8, default: the format ONNX Runtime's x86 kernels and OpenVINO's
+            run, see :data:`INT8_ACTIVATIONS`) or ``"int8"`` (QDQ S8S8: ONNX Runtime's quantization default, for
+            runtimes that want signed activations; on x86 ONNX Runtime converts it to U8S8 where it can).
         device: where PyTorch runs the reference.
         say: where progress lines go.
 

@@ -153,17 +153,19 @@ class SSDGraph(nn.Module):
         self.topk = min(int(ssd.topk_candidates), int(anchors.shape[0]))
 
     def decode(self, codes: Tensor) -> Tensor:
-        """Box codes [N, A, 4] -> xyxy boxes [N, A, 4] clipped to the image (torchvision's ``BoxCoder``)."""
+        """Box codes [N, A, 4] -> xyxy boxes [N, A, 4] clipped to the image (torchvision's ``BoxCoder``,
+        the same float operations per coordinate). Written on (x, y) pairs with slices rather than one
+        coordinate at a time: indexing ``codes[..., 0]`` traces to a Gather with a scalar index, through which
+        OpenVINO's low-precision pipeline (2026.4, ``GatherTransformation``) moved the head's dequantization
+        and failed a shape check, so the int8 SSD graph did not compile there."""
         a = self.anchors
-        widths, heights = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
-        cx, cy = a[:, 0] + 0.5 * widths, a[:, 1] + 0.5 * heights
-        wx, wy, ww, wh = self.box_weights
-        dx, dy = codes[..., 0] / wx, codes[..., 1] / wy
-        dw = torch.clamp(codes[..., 2] / ww, max=self.box_clip)
-        dh = torch.clamp(codes[..., 3] / wh, max=self.box_clip)
-        pcx, pcy = dx * widths + cx, dy * heights + cy
-        pw, ph = torch.exp(dw) * widths, torch.exp(dh) * heights
-        boxes = torch.stack((pcx - 0.5 * pw, pcy - 0.5 * ph, pcx + 0.5 * pw, pcy + 0.5 * ph), dim=-1)
+        size = a[:, 2:] - a[:, :2]  # [A, 2] widths, heights
+        centre = a[:, :2] + 0.5 * size
+        d = codes / self.box_weights  # [N, A, 4]
+        dxy, dwh = d[..., :2], torch.clamp(d[..., 2:], max=self.box_clip)
+        pxy = dxy * size + centre
+        pwh = torch.exp(dwh) * size
+        boxes = torch.cat((pxy - 0.5 * pwh, pxy + 0.5 * pwh), dim=-1)
         return boxes.clamp(min=0.0, max=float(self.resolution))
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
