@@ -53,7 +53,8 @@ ACTIVATIONS = ("Relu", "Clip")
 # Q -> DQ pairs to uint8 before fusing them into QLinearConv, but in 1.32 not where an activation feeds
 # several convolutions (SSD's feature maps feed the next layer and two heads), so every convolution at such
 # a branch stayed fp32 between Q and DQ: SSD 300's S8S8 graph ran 1.7x slower than its U8S8 one (AMD EPYC,
-# 2026-12-04), the classifier's as fast. OpenVINO's CPU plugin, too, runs int8 kernels on U8S8 only.
+# 2026-12-04), the classifier's as fast. OpenVINO's CPU plugin, too, ran the classifier's S8S8 graph about 4x
+# slower than its U8S8 one (Intel Xeon, 2026-12-03).
 INT8_ACTIVATIONS = ("uint8", "int8")
 QUANT_OP_TYPES = ["Conv", "Gemm", "MatMul", "Relu", "Clip", "GlobalAveragePool", "Flatten"]
 PARITY_IMAGES = 4
