@@ -44,7 +44,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -65,6 +64,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
+
+from benchmarks._machine import cpu_model, load_text, timestamp
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
@@ -412,15 +413,8 @@ def inference_table(rows: Sequence[Latency]) -> str:
 def machine_summary() -> str:
     import torchvision
 
-    cpu = "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        cpu = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), cpu)
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     return (
-        f"{time.strftime('%Y-%m-%d %H:%M %Z')}; {cpu}, {os.cpu_count()} logical CPUs, load average {load}; "
+        f"{timestamp()}; {cpu_model()}, {os.cpu_count()} logical CPUs, load average {load_text(', ', 1)}; "
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, python {platform.python_version()}, "
         f"torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
     )

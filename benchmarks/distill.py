@@ -20,11 +20,8 @@ of ``docs/distill.md``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 import torch
 import yaml
 
+from benchmarks._machine import cpu_count, cpu_model, load_text, timestamp, versions
 from distill.losses import attribute_distillation_loss
 from tasks.classifier import build_classifier
 from distill.teachers import load_teacher
@@ -138,26 +136,9 @@ def run_benchmark(*, teacher_spec: str | None = None, arch: str = "resnet18", te
 
 
 def _machine() -> dict[str, str]:
-    def run(cmd: Sequence[str]) -> str:
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return "n/a"
-
-    lscpu = run(["lscpu"])
-    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "n/a")
-    import numpy
-    import onnxruntime
-    import timm
-    import torchvision
-
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {
-        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "cpu": model, "nproc": run(["nproc"]), "load": " / ".join(f"{v:.2f}" for v in load),
-        "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "timm": timm.__version__, "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__,
-    }
+    return {"date": timestamp(), "cpu": cpu_model(), "nproc": str(cpu_count()), "load": load_text(),
+            "python": platform.python_version(),
+            **versions("torch", "torchvision", "timm", "onnxruntime", "numpy")}
 
 
 def format_markdown(res: dict[str, Any], machine: dict[str, str],

@@ -25,7 +25,6 @@ Images (drawn faces, 64 px) and teachers are written once to ``--cache-dir`` (de
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -45,6 +44,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from benchmarks._machine import cpu_count, cpu_model, load_text, timestamp
 from datasets.cache import default_cache_dir
 from datasets.images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, build_image_transform
 
@@ -287,17 +287,8 @@ def format_table(rows: list[dict[str, Any]], lrs: Sequence[float]) -> str:
 
 
 def _machine() -> str:
-    def sh(cmd: Sequence[str]) -> str:
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return "n/a"
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in sh(["lscpu"]).splitlines() if ln.startswith("Model name")),
-               "n/a")
-    load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
-    return (f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, {cpu}, nproc {sh(['nproc'])}, "
-            f"load {load}, Python {platform.python_version()}, torch {torch.__version__}")
+    return (f"{timestamp()}, {cpu_model()}, nproc {cpu_count()}, load {load_text()}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:

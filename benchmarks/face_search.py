@@ -28,7 +28,6 @@ import argparse
 import datetime
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._machine import cpu_model, load_average  # noqa: E402
 from datasets.io import atomic_write_json  # noqa: E402
 from tasks.faces.index import HNSW_EF_CONSTRUCTION, HNSW_M, IVF_TRAIN_PER_LIST, ivf_nlist  # noqa: E402
 
@@ -159,18 +159,12 @@ def bench_embedding(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        cpu = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), cpu)
-    except (OSError, subprocess.SubprocessError):
-        pass
     import torch
 
-    return {"cpu": cpu, "nproc": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
+    return {"cpu": cpu_model(), "nproc": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
             "faiss": faiss.__version__, "numpy": np.__version__, "torch": torch.__version__,
             "python": platform.python_version(), "date": datetime.date.today().isoformat(),
-            "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None}
+            "load_avg": load_average()}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -32,10 +32,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -49,6 +47,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import s2cell  # noqa: E402
+
+from benchmarks._machine import cpu_model, load_average, timestamp  # noqa: E402
 
 from tasks.geolocation import s2  # noqa: E402
 from tasks.geolocation.partition import build_partition, build_partitions  # noqa: E402
@@ -81,9 +81,9 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
 
 
 def machine_line() -> str:
-    return (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
-            f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
-            f"{os.getloadavg()[0]:.1f}; numpy {np.__version__}")
+    load = load_average()
+    return (f"{timestamp(utc=True)}; {cpu_model()}, {os.cpu_count()} CPUs, load average "
+            f"{'n/a' if load is None else f'{load[0]:.1f}'}; numpy {np.__version__}")
 
 
 def partition_benchmark(n: int, repeats: int) -> None:
