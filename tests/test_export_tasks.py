@@ -374,6 +374,34 @@ def test_int8_ssd_runs_in_openvino_as_in_onnx_runtime(files, tmp_path):
     np.testing.assert_allclose(got[0], want[0], atol=0.5)  # pixels of the 64-pixel input
 
 
+def test_profile_names_where_the_time_goes(files, tmp_path, capsys):
+    """``python -m tasks.export.profile``: per-operator kernel time of the graph ONNX Runtime runs; the int8
+    graph's convolutions show as QLinearConv and the fp32 stem as Conv; JSON with --out; clear errors."""
+    from tasks.export.profile import main as profile_main
+    from tasks.export.profile import profile_graph
+
+    out = tmp_path / "m.onnx"
+    export_checkpoint(files / "cls.pt", out, int8=True, calib_images=files / "calib", say=lambda s: None)
+    r = profile_graph(out.with_name("m.int8.onnx"), batch=2, runs=3, warmup=1, top=4)
+    ops = {row["op_type"]: row for row in r["op_types"]}
+    assert ops["QLinearConv"]["nodes"] == 25 and ops["QLinearConv"]["ms"] > 0  # 27 convolutions, 2 in the stem
+    assert sum(row["share"] for row in r["op_types"]) == pytest.approx(1.0)
+    assert len(r["top_nodes"]) == 4 and r["top_nodes"][0]["ms"] >= r["top_nodes"][-1]["ms"]
+    assert r["kernel_ms"] > 0 and r["wall_ms_median"] > 0 and r["batch"] == 2
+    assert profile_main([str(out), "--runs", "2", "--warmup", "0", "--out", str(tmp_path / "p.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "wall median" in printed and "Conv" in printed
+    assert json.loads((tmp_path / "p.json").read_text())["runs"] == 2
+    with pytest.raises(FileNotFoundError, match="nope.onnx"):
+        profile_graph(tmp_path / "nope.onnx")
+    with pytest.raises(ValueError, match="runs=0 must be an integer >= 1"):
+        profile_graph(out, runs=0)
+    fixed = tmp_path / "fixed" / "m.onnx"
+    export_checkpoint(files / "cls.pt", fixed, batch=4, say=lambda s: None)
+    with pytest.raises(ValueError, match="exported for batch 4"):
+        profile_graph(fixed, batch=2)
+
+
 def test_a_failed_export_leaves_the_previous_file(files, tmp_path, monkeypatch):
     out = tmp_path / "model.onnx"
     out.write_bytes(b"previous")

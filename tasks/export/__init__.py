@@ -6,6 +6,7 @@ Mult-Adds and parameters); this package turns a trained checkpoint into the grap
 * ``python -m tasks.export``: :func:`export_checkpoint` (``core.py``), graphs per network kind (``graph.py``),
   calibration images (``data.py``), checks (``verify.py``).
 * ``python -m tasks.export.bench``: median / p90 latency and images/s, each runtime in its own process.
+* ``python -m tasks.export.profile``: ONNX Runtime's kernel time per operator and the slowest nodes.
 """
 from typing import Any
 
