@@ -385,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
     p.add_argument("--compare", help="a checkpoint: also time its PyTorch network and print the ratios")
     p.add_argument("--runtime", nargs="+", default=["onnxruntime"], choices=list(RUNTIMES),
-                   help="runtimes to time each graph in (default onnxruntime; openvino if installed)")
+                   help="runtimes to time each graph in (default onnxruntime; openvino needs the optional extra: "
+                        "pip install -e '.[openvino]')")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of every runtime (default 2)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
     p.add_argument("--runs", type=int, default=20, help="timed runs of each configuration (default 20)")
