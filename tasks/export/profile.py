@@ -30,6 +30,7 @@ import numpy as np
 from tasks.cli import run_cli
 
 from .bench import graph_input, random_batch
+from .runtime import session
 
 __all__ = ["format_profile", "main", "profile_graph"]
 
@@ -51,8 +52,6 @@ def profile_graph(path: str | os.PathLike, *, batch: int = 1, threads: int = 2, 
         "nodes", "ms", "share"}...] (slowest first), "top_nodes": [{"node", "op_type", "ms"}...]}``; times are
         per run, kernel times the median over the timed runs.
     """
-    import onnxruntime as ort
-
     for name, value, least in (("batch", batch, 1), ("threads", threads, 1), ("runs", runs, 1),
                                ("warmup", warmup, 0), ("top", top, 1)):
         _positive(name, value, least)
@@ -60,11 +59,7 @@ def profile_graph(path: str | os.PathLike, *, batch: int = 1, threads: int = 2, 
     if fixed is not None and fixed != batch:
         raise ValueError(f"{path} was exported for batch {fixed} (--batch {fixed}); got --batch {batch}")
     with tempfile.TemporaryDirectory(prefix="ort-profile-") as tmp:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(Path(tmp) / "profile")
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        sess = session(path, threads, profile_prefix=str(Path(tmp) / "profile"))
         feed = {sess.get_inputs()[0].name: random_batch(batch, resolution)}
         wall = []
         for i in range(warmup + runs):

@@ -13,14 +13,18 @@ import numpy as np
 __all__ = ["run_graph", "session"]
 
 
-def session(path: str | os.PathLike, threads: int | None = None):
-    """An ONNX Runtime CPU session (``threads`` intra-op threads; None: ORT's default)."""
+def session(path: str | os.PathLike, threads: int | None = None, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session (``threads`` intra-op threads; None: ORT's default). With ``profile_prefix``
+    ORT's profiler records every kernel into ``<prefix>_<time>.json`` (``end_profiling()`` returns the path)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(profile_prefix)
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
